@@ -1,0 +1,19 @@
+//! The `StreamPipeline` custom resource (`sluice.dev/v1alpha1`), shared by the
+//! controller and the runner: its spec, status, validation and the CRD YAML.
+
+mod duration;
+pub mod manifest;
+mod secret;
+pub mod v1alpha1;
+
+pub use duration::{DURATION_PATTERN, Duration, DurationError};
+pub use manifest::{ManifestError, parse_pipeline};
+pub use secret::{CredentialsRef, SecretKeyRef, SecretRef};
+pub use v1alpha1::*;
+
+/// The CustomResourceDefinition as YAML, exactly as checked in at
+/// `crds/streampipeline.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&StreamPipeline::crd())
+}

@@ -1,0 +1,299 @@
+//! `StreamPipeline` (`sluice.dev/v1alpha1`): the one resource users write.
+
+mod sink;
+mod source;
+mod status;
+mod window;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use self::{sink::*, source::*, status::*, window::*};
+use crate::{Duration, secret::SecretRef};
+
+/// A windowed stream-processing pipeline: source → transforms → event-time
+/// windows and aggregations → sinks, with checkpoints in object storage.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "StreamPipeline",
+    plural = "streampipelines",
+    shortname = "sp",
+    shortname = "spipe",
+    namespaced,
+    status = "StreamPipelineStatus",
+    derive = "Default",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag.records"}"#,
+    printcolumn = r#"{"name":"Events/s","type":"number","jsonPath":".status.eventsPerSecond"}"#,
+    printcolumn = r#"{"name":"Watermark","type":"string","priority":1,"jsonPath":".status.watermark"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new("has(self.spec.window) || self.spec.sinks.all(s, has(s.input) && s.input == 'events')")
+        .message("spec.window is required when a sink reads window results (input: windows, the default)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPipelineSpec {
+    /// Where events come from.
+    pub source: SourceSpec,
+    /// How to decode events.
+    #[serde(default)]
+    pub format: FormatSpec,
+    /// Filters and computed fields, applied in order before windowing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub transforms: Vec<Transform>,
+    /// Event-time windows and aggregations; required when any sink reads `windows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+    /// What to do with events older than the watermark.
+    #[serde(default)]
+    pub late_events: LateEventPolicy,
+    /// Where malformed and late events go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterSpec>,
+    /// Outputs; at least one.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(a, self.exists_one(b, b.name == a.name))")
+        .message("sink names must be unique"))]
+    pub sinks: Vec<SinkSpec>,
+    /// Where checkpoints are kept.
+    pub checkpoint: CheckpointSpec,
+    /// How often an epoch (micro-batch) starts.
+    #[serde(default)]
+    pub trigger: TriggerSpec,
+    /// Number of runner replicas; each owns a disjoint share of the source's partitions.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub parallelism: i32,
+    /// Stop all runners, keeping checkpoints, until set back to false.
+    #[serde(default)]
+    pub suspend: bool,
+    /// What to do when a spec change makes the saved window state unusable.
+    #[serde(default)]
+    pub upgrade_policy: UpgradePolicy,
+    /// Thresholds that raise the `Degraded` condition and a Warning event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsSpec>,
+    /// Settings of the runner pods.
+    #[serde(default)]
+    pub runner: RunnerSpec,
+}
+
+fn default_parallelism() -> i32 {
+    1
+}
+
+/// Event encoding.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FormatSpec {
+    /// JSON objects (one per message, line or array element).
+    #[serde(default)]
+    pub json: JsonFormat,
+}
+
+/// JSON events and where their event time is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonFormat {
+    /// Dot-separated path of the event-time field.
+    #[serde(default = "default_timestamp_field")]
+    #[schemars(length(min = 1))]
+    pub timestamp_field: String,
+    /// How the event time is written.
+    #[serde(default)]
+    pub timestamp_format: TimestampFormat,
+}
+
+impl Default for JsonFormat {
+    fn default() -> Self {
+        Self {
+            timestamp_field: default_timestamp_field(),
+            timestamp_format: TimestampFormat::default(),
+        }
+    }
+}
+
+fn default_timestamp_field() -> String {
+    "timestamp".into()
+}
+
+/// Encodings of the event-time field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TimestampFormat {
+    /// An RFC 3339 string such as `2026-11-24T10:05:00.123Z`.
+    #[default]
+    Rfc3339,
+    /// Milliseconds since the Unix epoch.
+    EpochMillis,
+    /// Seconds since the Unix epoch (fractions allowed).
+    EpochSeconds,
+}
+
+/// One transform step. Set exactly one of `filter`, `compute` or `dedup`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "(has(self.filter) ? 1 : 0) + (has(self.compute) ? 1 : 0) + (has(self.dedup) ? 1 : 0) == 1"
+).message("each transform sets exactly one of filter, compute or dedup"))]
+pub struct Transform {
+    /// Keep only events for which this CEL expression is true; fields are
+    /// top-level variables (`event_type != 'heartbeat'`), the whole event is `event`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Add or replace a field with the value of a CEL expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputeField>,
+    /// Drop events whose id was already seen within a horizon of event time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupTransform>,
+}
+
+/// A field computed by a CEL expression.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeField {
+    /// Name of the field to set.
+    #[schemars(length(min = 1))]
+    pub field: String,
+    /// CEL expression, for example `value * 100` or `event_type + ':' + key`.
+    #[schemars(length(min = 1))]
+    pub expression: String,
+}
+
+/// Exactly-once by id: an id seen within `horizon` of event time is a duplicate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DedupTransform {
+    /// Dot-separated path of the id field.
+    #[schemars(length(min = 1))]
+    pub id_field: String,
+    /// How long, in event time, an id is remembered.
+    pub horizon: Duration,
+}
+
+/// Checkpoint storage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!self.uri.contains('://') || self.uri.startsWith('s3://') || self.uri.startsWith('gs://') || self.uri.startsWith('az://') || self.uri.startsWith('abfss://') || self.uri.startsWith('file://')")
+    .message("checkpoint.uri must be an s3://, gs://, az://, abfss:// or file:// URI, or a local path")
+    .field_path(".uri"))]
+pub struct CheckpointSpec {
+    /// Location of the checkpoints, for example `s3://checkpoints/clickstream`;
+    /// a local path only makes sense for `sluice-runner run` outside a cluster.
+    #[schemars(length(min = 1, max = 1024))]
+    pub uri: String,
+    /// How often window state and offsets are checkpointed.
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval: Duration,
+    /// Completed epochs kept; older checkpoint objects are deleted in the background.
+    #[serde(default = "default_retain_epochs")]
+    #[schemars(range(min = 1))]
+    pub retain_epochs: i32,
+    /// Keep the checkpoints when the StreamPipeline is deleted.
+    #[serde(default = "default_true")]
+    pub retain_on_delete: bool,
+    /// Secret whose keys are the object store's settings as environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_retain_epochs() -> i32 {
+    3
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Micro-batch trigger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerSpec {
+    /// Time between the starts of consecutive epochs; `0s` starts the next one at once.
+    #[serde(default = "default_trigger_interval")]
+    pub interval: Duration,
+}
+
+impl Default for TriggerSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_trigger_interval(),
+        }
+    }
+}
+
+fn default_trigger_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// How a spec change that invalidates saved window state is handled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum UpgradePolicy {
+    /// Refuse such changes (condition `Ready=False`, reason `IncompatibleStateChange`).
+    #[default]
+    Resume,
+    /// Start a new checkpoint lineage; open windows of the old one are discarded.
+    Reset,
+}
+
+/// Alert thresholds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertsSpec {
+    /// Records behind the end of the source, summed over partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_lag: Option<i64>,
+    /// Age of the newest completed checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_checkpoint_age: Option<Duration>,
+    /// Dead-lettered events per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_dead_letter_rate: Option<f64>,
+    /// Webhooks that receive a JSON alert when one fires and when it clears.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<AlertWebhook>,
+}
+
+/// A webhook whose URL (which often embeds a token) is kept in a Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertWebhook {
+    /// Secret key holding the URL.
+    pub url_secret_ref: crate::SecretKeyRef,
+}
+
+/// Runner pod settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerSpec {
+    /// Container image (default: the controller's configured runner image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Compute resources of the runner container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the runner pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the runner pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Log filter, in `RUST_LOG` syntax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}

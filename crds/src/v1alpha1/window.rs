@@ -1,0 +1,124 @@
+//! Event-time windows, the watermark, grouping and aggregations.
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Duration;
+
+/// How events are grouped in event time, and what is computed per window and key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "(has(self.tumbling) ? 1 : 0) + (has(self.sliding) ? 1 : 0) + (has(self.session) ? 1 : 0) == 1"
+).message("exactly one of window.tumbling, window.sliding or window.session must be set"))]
+pub struct WindowSpec {
+    /// Fixed-size, non-overlapping windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tumbling: Option<TumblingWindow>,
+    /// Fixed-size windows that start every `slide`; an event belongs to `size / slide` windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding: Option<SlidingWindow>,
+    /// Per-key windows that close after `gap` without events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionWindow>,
+    /// Allowed out-of-orderness: the watermark trails the newest event time by this much.
+    /// Events older than the watermark are late.
+    pub watermark: Duration,
+    /// A partition with no new events for this long stops holding the watermark back.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Event fields (dot-separated paths) whose values form the group key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub group_by: Vec<String>,
+    /// Values computed per window and key; at least one.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(a, self.exists_one(b, b.name == a.name))")
+        .message("aggregation names must be unique"))]
+    pub aggregations: Vec<Aggregation>,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Non-overlapping windows of one size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("duration(self.size) > duration('0s')")
+    .message("window size must be greater than zero"))]
+pub struct TumblingWindow {
+    /// Window length.
+    pub size: Duration,
+}
+
+/// Overlapping windows of one size starting every `slide`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("duration(self.slide) > duration('0s') && duration(self.slide) <= duration(self.size)")
+    .message("window.sliding.slide must be greater than zero and no larger than window.sliding.size")
+    .field_path(".slide"))]
+pub struct SlidingWindow {
+    /// Window length.
+    pub size: Duration,
+    /// Distance between the starts of consecutive windows.
+    pub slide: Duration,
+}
+
+/// Windows per key that grow while events keep arriving within `gap` of each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("duration(self.gap) > duration('0s')")
+    .message("window.session.gap must be greater than zero"))]
+pub struct SessionWindow {
+    /// Inactivity that closes a session.
+    pub gap: Duration,
+}
+
+/// One output column of the window result. Set `name` and exactly one function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "(has(self.count) ? 1 : 0) + (has(self.sum) ? 1 : 0) + (has(self.min) ? 1 : 0) + (has(self.max) ? 1 : 0) + (has(self.avg) ? 1 : 0) == 1"
+).message("set exactly one of count, sum, min, max or avg"))]
+pub struct Aggregation {
+    /// Output column name.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
+    pub name: String,
+    /// Number of events (`count: {}`), or of events where `field` is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<CountAggregation>,
+    /// Sum of a numeric field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum: Option<FieldAggregation>,
+    /// Smallest value of a numeric field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<FieldAggregation>,
+    /// Largest value of a numeric field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<FieldAggregation>,
+    /// Mean of a numeric field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg: Option<FieldAggregation>,
+}
+
+/// `count: {}` counts events; with `field`, only events where the field is present.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CountAggregation {
+    /// Count only events that have this field (dot-separated path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// An aggregation over one numeric field. Events without the field are skipped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldAggregation {
+    /// Dot-separated path of the field.
+    #[schemars(length(min = 1))]
+    pub field: String,
+}
