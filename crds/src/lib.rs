@@ -3,11 +3,13 @@
 
 mod duration;
 pub mod manifest;
+mod runner_status;
 mod secret;
 pub mod v1alpha1;
 
 pub use duration::{DURATION_PATTERN, Duration, DurationError};
-pub use manifest::{ManifestError, parse_pipeline};
+pub use manifest::{ManifestError, Violation, parse_pipeline};
+pub use runner_status::RunnerStatus;
 pub use secret::{CredentialsRef, SecretKeyRef, SecretRef};
 pub use v1alpha1::*;
 
