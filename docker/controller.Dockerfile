@@ -1,0 +1,23 @@
+# syntax=docker/dockerfile:1
+# The sluice-controller image: a release build on Debian, copied onto distroless
+# (no shell, no package manager) and run as a non-root user.
+# Build from the repository root (see README, "Container images"):
+#   docker build -f docker/controller.Dockerfile -t ghcr.io/sluice-dev/sluice-controller:0.1.0 .
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS build
+WORKDIR /src
+COPY . .
+# Link zlib statically: the distroless cc image has glibc, libgcc and libssl, not libz.
+ENV LIBZ_SYS_STATIC=1
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p sluice-controller --bin sluice-controller \
+    && cp target/release/sluice-controller /usr/local/bin/sluice-controller
+
+FROM ${RUNTIME_IMAGE}
+COPY --from=build /usr/local/bin/sluice-controller /usr/local/bin/sluice-controller
+# distroless's "nonroot" user; the chart and the controller also set runAsNonRoot.
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/sluice-controller"]
