@@ -1,0 +1,70 @@
+//! Every Kubernetes API call the controller makes, in one place.
+//!
+//! The Helm chart's RBAC rules are generated from (and tested against) this
+//! list, and the controller's own tests record each request it sends and fail
+//! on any call that is not listed here, or on a listed call nothing makes.
+
+/// Verbs on resources of one API group that the controller needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permission {
+    /// API group (`""` is the core group).
+    pub api_group: &'static str,
+    /// Resources, subresources as `resource/subresource`.
+    pub resources: &'static [&'static str],
+    /// RBAC verbs.
+    pub verbs: &'static [&'static str],
+}
+
+/// The exact set of API calls the controller makes.
+pub const PERMISSIONS: &[Permission] = &[
+    // The watched resource: list+watch drive the controller, patch adds and
+    // removes the finalizer.
+    Permission {
+        api_group: "sluice.dev",
+        resources: &["streampipelines"],
+        verbs: &["get", "list", "watch", "patch"],
+    },
+    Permission {
+        api_group: "sluice.dev",
+        resources: &["streampipelines/status"],
+        verbs: &["patch"],
+    },
+    // Owned objects: watched, and written with server-side apply, which needs
+    // `create` as well as `patch` when the object does not exist yet.
+    Permission {
+        api_group: "",
+        resources: &["configmaps", "services", "serviceaccounts"],
+        verbs: &["list", "watch", "create", "patch"],
+    },
+    Permission {
+        api_group: "apps",
+        resources: &["statefulsets"],
+        verbs: &["list", "watch", "create", "patch"],
+    },
+    // Only to check that referenced Secrets exist and to read alert webhook
+    // URLs; values never leave the controller's memory.
+    Permission {
+        api_group: "",
+        resources: &["secrets"],
+        verbs: &["get"],
+    },
+    // Kubernetes Events (the Recorder creates, then patches a series).
+    Permission {
+        api_group: "events.k8s.io",
+        resources: &["events"],
+        verbs: &["create", "patch"],
+    },
+    // Leader election.
+    Permission {
+        api_group: "coordination.k8s.io",
+        resources: &["leases"],
+        verbs: &["get", "create", "patch"],
+    },
+];
+
+/// True when `verb` on `resource` of `api_group` is in [`PERMISSIONS`].
+pub fn is_permitted(api_group: &str, resource: &str, verb: &str) -> bool {
+    PERMISSIONS.iter().any(|p| {
+        p.api_group == api_group && p.resources.contains(&resource) && p.verbs.contains(&verb)
+    })
+}
