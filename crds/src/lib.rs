@@ -10,7 +10,9 @@ pub mod v1alpha1;
 pub use duration::{DURATION_PATTERN, Duration, DurationError};
 pub use manifest::{ManifestError, Violation, parse_pipeline};
 pub use runner_status::RunnerStatus;
-pub use secret::{CredentialsRef, SecretKeyRef, SecretRef};
+pub use secret::{
+    CredentialsRef, SECRETS_DIR, SECRETS_DIR_ENV, SecretKeyRef, SecretRef, secret_env_var,
+};
 pub use v1alpha1::*;
 
 /// The CustomResourceDefinition as YAML, exactly as checked in at

@@ -49,3 +49,82 @@ fn default_username_key() -> String {
 fn default_password_key() -> String {
     "password".into()
 }
+
+/// Where the controller mounts, in runner pods, each Secret a [`SecretKeyRef`]
+/// names: the key is the file `<dir>/<secret name>/<key>` (TLS material,
+/// connection strings). The controller and the runner share these names so
+/// they agree at compile time.
+pub const SECRETS_DIR: &str = "/var/run/secrets/sluice";
+
+/// Environment variable that moves [`SECRETS_DIR`] (for `sluice-runner run`
+/// outside a cluster, and tests).
+pub const SECRETS_DIR_ENV: &str = "SLUICE_SECRETS_DIR";
+
+impl SecretKeyRef {
+    /// The file holding this key under a secrets folder (normally [`SECRETS_DIR`]).
+    pub fn mounted_file(&self, secrets_dir: &std::path::Path) -> std::path::PathBuf {
+        secrets_dir.join(&self.name).join(&self.key)
+    }
+}
+
+impl CredentialsRef {
+    /// Environment variable the controller fills with the user name.
+    pub fn username_env(&self) -> String {
+        secret_env_var(&self.name, &self.username_key)
+    }
+
+    /// Environment variable the controller fills with the password.
+    pub fn password_env(&self) -> String {
+        secret_env_var(&self.name, &self.password_key)
+    }
+}
+
+/// `SLUICE_SECRET_<NAME>_<KEY>`, upper-cased, with every character that is not
+/// a letter or digit replaced by `_` (Secret names allow `-` and `.`).
+pub fn secret_env_var(secret: &str, key: &str) -> String {
+    let name: String = format!("{secret}_{key}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("SLUICE_SECRET_{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_become_predictable_env_vars() {
+        let credentials = CredentialsRef {
+            name: "kafka-user.prod".into(),
+            username_key: default_username_key(),
+            password_key: "pass-word".into(),
+        };
+        assert_eq!(
+            credentials.username_env(),
+            "SLUICE_SECRET_KAFKA_USER_PROD_USERNAME"
+        );
+        assert_eq!(
+            credentials.password_env(),
+            "SLUICE_SECRET_KAFKA_USER_PROD_PASS_WORD"
+        );
+    }
+
+    #[test]
+    fn secret_keys_are_files_under_the_secrets_dir() {
+        let key = SecretKeyRef {
+            name: "kafka-ca".into(),
+            key: "ca.crt".into(),
+        };
+        assert_eq!(
+            key.mounted_file(std::path::Path::new(SECRETS_DIR)),
+            std::path::Path::new("/var/run/secrets/sluice/kafka-ca/ca.crt")
+        );
+    }
+}
