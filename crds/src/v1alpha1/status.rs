@@ -46,6 +46,38 @@ pub struct StreamPipelineStatus {
     /// Checkpoint lineage in use; incremented by each reset.
     #[serde(default)]
     pub lineage: i64,
+    /// Alert thresholds of `spec.alerts` currently exceeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub alerts: Vec<ActiveAlert>,
+}
+
+/// A threshold of `spec.alerts` that is exceeded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveAlert {
+    /// Which threshold.
+    #[serde(rename = "type")]
+    pub alert_type: AlertType,
+    /// The measured value (records, seconds or events per second).
+    pub value: f64,
+    /// The threshold it exceeds, in the same unit.
+    pub threshold: f64,
+    /// When the alert started firing (RFC 3339).
+    pub since: String,
+}
+
+/// The alert thresholds of `spec.alerts`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub enum AlertType {
+    /// `maxLag`: records behind the source.
+    Lag,
+    /// `maxCheckpointAge`: seconds since the newest completed checkpoint.
+    CheckpointAge,
+    /// `maxDeadLetterRate`: dead-lettered events per second.
+    DeadLetterRate,
 }
 
 /// Summary phase.
