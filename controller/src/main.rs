@@ -1,1 +1,149 @@
-fn main() {}
+//! `sluice-controller`: the StreamPipeline operator.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use sluice_controller::{
+    Context, Settings,
+    leader::LeaderElection,
+    metrics::Metrics,
+    run::run,
+    server::{self, Readiness},
+};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Reconciles StreamPipelines into runner StatefulSets and reports their lag
+/// and health. Connects with the in-cluster service account or $KUBECONFIG.
+#[derive(Parser)]
+#[command(name = "sluice-controller", version)]
+struct Args {
+    /// Runner image for pipelines that do not set spec.runner.image.
+    #[arg(
+        long,
+        env = "SLUICE_RUNNER_IMAGE",
+        default_value = "ghcr.io/sluice-dev/sluice-runner:latest"
+    )]
+    runner_image: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "SLUICE_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "SLUICE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// URL of a runner's /status; placeholders {pod}, {replica}, {service},
+    /// {namespace}, {pipeline}, {port}.
+    #[arg(long, env = "SLUICE_STATUS_URL_TEMPLATE", default_value = sluice_controller::status::runner::RunnerStatusClient::IN_CLUSTER_TEMPLATE)]
+    status_url_template: String,
+    /// How often a healthy pipeline's status is refreshed.
+    #[arg(long, env = "SLUICE_RESYNC_INTERVAL", default_value = "30s")]
+    resync_interval: humantime_arg::Duration,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
+    lease_name: String,
+    /// Namespace of the Lease (the controller's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    holder_id: Option<String>,
+    /// Log format.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+mod humantime_arg {
+    /// A `30s`/`5m` duration flag.
+    #[derive(Clone, Copy)]
+    pub struct Duration(pub std::time::Duration);
+
+    impl std::str::FromStr for Duration {
+        type Err = sluice_crds::DurationError;
+        fn from_str(text: &str) -> Result<Self, Self::Err> {
+            text.parse::<sluice_crds::Duration>()
+                .map(|d| Self(d.as_std()))
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+
+    let client = kube::Client::try_default().await.context(
+        "cannot configure a Kubernetes client (in-cluster service account or KUBECONFIG)",
+    )?;
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let settings = Settings {
+        runner_image: args.runner_image,
+        status_url_template: args.status_url_template,
+        resync_interval: args.resync_interval.0,
+        ..Settings::default()
+    };
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone()));
+
+    let readiness = Readiness::default();
+    let router = server::router(metrics, readiness.clone());
+    let http_addr = args.http_addr;
+    let server = tokio::spawn(async move { server::serve(http_addr, router).await });
+
+    let holder = match args.holder_id {
+        Some(holder) => holder,
+        None => format!("sluice-controller-{}", std::process::id()),
+    };
+    let election = LeaderElection::new(
+        client,
+        &args.lease_namespace,
+        &args.lease_name,
+        &holder,
+        Duration::from_secs(15),
+    );
+    // Standing by is a healthy state: ready as soon as the endpoints answer.
+    readiness.set_ready();
+    tracing::info!(%holder, lease = %args.lease_name, "waiting for leadership");
+    tokio::select! {
+        () = election.acquire() => {}
+        () = terminated() => return Ok(()),
+    }
+    tracing::info!(%holder, "leading; starting the controller");
+    tokio::select! {
+        () = run(ctx, args.watch_namespace.as_deref()) => Ok(()),
+        () = election.hold() => {
+            // Another replica may be reconciling already: stop at once.
+            anyhow::bail!("lost the leader Lease {}", args.lease_name)
+        }
+        result = server => {
+            result.context("HTTP server task failed")?.context("HTTP server failed")?;
+            anyhow::bail!("HTTP server stopped")
+        }
+    }
+}
+
+/// SIGTERM (from the kubelet) or SIGINT.
+async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = sigterm => {}
+    }
+}

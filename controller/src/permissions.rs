@@ -22,7 +22,7 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         api_group: "sluice.dev",
         resources: &["streampipelines"],
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["list", "watch", "patch"],
     },
     Permission {
         api_group: "sluice.dev",

@@ -1,0 +1,107 @@
+//! The objects each StreamPipeline owns, rendered from its spec. Pure
+//! functions: no API calls, so every field is testable without a cluster.
+
+mod config_map;
+mod secrets;
+mod service;
+mod service_account;
+mod stateful_set;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ConfigMap, Service, ServiceAccount},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{Resource, ResourceExt};
+use sluice_crds::StreamPipeline;
+
+pub use self::{
+    config_map::{CONFIG_FILE, CONFIG_KEY, lineage_uri},
+    secrets::{SecretReference, SecretUse, secret_references},
+    stateful_set::{CONFIG_HASH_ANNOTATION, HTTP_PORT},
+};
+use crate::fingerprint::sha256_hex;
+
+/// Label naming the pipeline on every owned object and runner pod.
+pub const PIPELINE_LABEL: &str = "sluice.dev/pipeline";
+
+/// Everything one pipeline owns, ready for server-side apply.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub service_account: ServiceAccount,
+    pub config_map: ConfigMap,
+    pub service: Service,
+    pub stateful_set: StatefulSet,
+}
+
+/// Names of the owned objects; the StatefulSet and its headless Service share
+/// the pipeline's name, so runner pods are `<name>-<i>.<name>.<namespace>.svc`.
+pub struct Names;
+
+impl Names {
+    pub fn stateful_set(pipeline: &StreamPipeline) -> String {
+        pipeline.name_any()
+    }
+    pub fn service(pipeline: &StreamPipeline) -> String {
+        pipeline.name_any()
+    }
+    pub fn config_map(pipeline: &StreamPipeline) -> String {
+        format!("{}-pipeline", pipeline.name_any())
+    }
+    pub fn service_account(pipeline: &StreamPipeline) -> String {
+        format!("{}-runner", pipeline.name_any())
+    }
+}
+
+/// Renders all owned objects for checkpoint lineage `lineage`.
+pub fn render(
+    pipeline: &StreamPipeline,
+    default_image: &str,
+    lineage: i64,
+) -> Result<Rendered, serde_yaml::Error> {
+    let config_map = config_map::render(pipeline, lineage)?;
+    // The pod template carries a hash of the runner's configuration, so any
+    // change of it (the rendered pipeline, hence also the lineage) rolls the pods.
+    let config_hash = sha256_hex(
+        config_map
+            .data
+            .as_ref()
+            .and_then(|data| data.get(CONFIG_KEY))
+            .map_or(&[][..], |text| text.as_bytes()),
+    );
+    Ok(Rendered {
+        service_account: service_account::render(pipeline),
+        service: service::render(pipeline),
+        stateful_set: stateful_set::render(pipeline, default_image, &config_hash),
+        config_map,
+    })
+}
+
+/// Labels selecting one pipeline's runner pods.
+fn selector_labels(pipeline: &StreamPipeline) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "sluice-runner".into()),
+        (PIPELINE_LABEL.into(), pipeline.name_any()),
+    ])
+}
+
+/// Metadata of an owned object: its name, the pipeline's namespace, labels and
+/// a controller owner reference, so deleting the pipeline deletes it.
+fn owned_meta(pipeline: &StreamPipeline, name: String) -> ObjectMeta {
+    let mut labels = selector_labels(pipeline);
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "sluice-controller".into(),
+    );
+    ObjectMeta {
+        name: Some(name),
+        namespace: pipeline.namespace(),
+        labels: Some(labels),
+        owner_references: pipeline.controller_owner_ref(&()).map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    }
+}

@@ -1,0 +1,305 @@
+//! The runners: a StatefulSet of `parallelism` pods (zero when suspended),
+//! each knowing its replica index from its pod ordinal.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{StatefulSet, StatefulSetSpec},
+        core::v1::{
+            Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+            EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource,
+            SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+use kube::Resource;
+use sluice_crds::{SECRETS_DIR, StreamPipeline, secret_env_var};
+
+use super::{
+    CONFIG_FILE, CONFIG_KEY, Names, SecretUse, owned_meta, secret_references, selector_labels,
+};
+
+/// The runner's HTTP port: `/healthz`, `/readyz`, `/metrics`, `/status`.
+pub const HTTP_PORT: i32 = 8080;
+/// Pod template annotation holding the hash of the rendered pipeline.
+pub const CONFIG_HASH_ANNOTATION: &str = "sluice.dev/config-hash";
+/// The pod-index label the StatefulSet controller puts on each pod.
+const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+/// The image's non-root user (distroless `nonroot`).
+const RUNNER_UID: i64 = 65532;
+
+pub(super) fn render(
+    pipeline: &StreamPipeline,
+    default_image: &str,
+    config_hash: &str,
+) -> StatefulSet {
+    let spec = &pipeline.spec;
+    let replicas = if spec.suspend { 0 } else { spec.parallelism };
+    let mut template_meta = owned_meta(pipeline, String::new());
+    template_meta.name = None;
+    template_meta.namespace = None;
+    template_meta.owner_references = None;
+    template_meta.annotations = Some(BTreeMap::from([(
+        CONFIG_HASH_ANNOTATION.to_owned(),
+        config_hash.to_owned(),
+    )]));
+    let (volumes, mounts) = volumes(pipeline);
+    StatefulSet {
+        metadata: owned_meta(pipeline, Names::stateful_set(pipeline)),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(Names::service(pipeline)),
+            // Replicas are independent: start and stop them together.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(pipeline)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(template_meta),
+                spec: Some(PodSpec {
+                    service_account_name: Some(Names::service_account(pipeline)),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUNNER_UID),
+                        run_as_group: Some(RUNNER_UID),
+                        fs_group: Some(RUNNER_UID),
+                        seccomp_profile: Some(runtime_default_seccomp()),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container(pipeline, default_image, mounts)],
+                    volumes: Some(volumes),
+                    node_selector: (!spec.runner.node_selector.is_empty())
+                        .then(|| spec.runner.node_selector.clone()),
+                    tolerations: (!spec.runner.tolerations.is_empty())
+                        .then(|| spec.runner.tolerations.clone()),
+                    // Time to finish the epoch in flight and checkpoint it.
+                    termination_grace_period_seconds: Some(60),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    }
+}
+
+fn container(
+    pipeline: &StreamPipeline,
+    default_image: &str,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    let spec = &pipeline.spec;
+    let (env, env_from) = environment(pipeline);
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
+    };
+    Container {
+        name: "runner".into(),
+        image: Some(
+            spec.runner
+                .image
+                .clone()
+                .unwrap_or_else(|| default_image.to_owned()),
+        ),
+        args: Some(vec!["run".into(), CONFIG_FILE.into()]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            ..ContainerPort::default()
+        }]),
+        env: Some(env),
+        env_from: (!env_from.is_empty()).then_some(env_from),
+        volume_mounts: Some(mounts),
+        resources: spec.runner.resources.clone(),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(Probe {
+            failure_threshold: Some(6),
+            ..probe("/healthz")
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+fn value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// The runner's environment: identity, listen address, log filter, and the
+/// Secrets passed by reference (`secretKeyRef`, `envFrom`).
+fn environment(pipeline: &StreamPipeline) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
+    let spec = &pipeline.spec;
+    let mut env = vec![
+        EnvVar {
+            name: "SLUICE_REPLICA".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.labels['{POD_INDEX_LABEL}']"),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        value("SLUICE_REPLICAS", spec.parallelism.to_string()),
+        value("SLUICE_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
+        value(
+            "SLUICE_PIPELINE_UID",
+            pipeline.meta().uid.clone().unwrap_or_default(),
+        ),
+        value("SLUICE_LOG_FORMAT", "json"),
+        // The root file system is read-only; scratch files go to the emptyDir.
+        value("TMPDIR", "/tmp"),
+    ];
+    if let Some(level) = &spec.runner.log_level {
+        env.push(value("RUST_LOG", level.clone()));
+    }
+    let mut env_from: Vec<EnvFromSource> = Vec::new();
+    let mut seen_env = BTreeSet::new();
+    for reference in secret_references(spec) {
+        match reference.usage {
+            SecretUse::Env => {
+                for key in &reference.keys {
+                    let name = secret_env_var(&reference.secret, key);
+                    if seen_env.insert(name.clone()) {
+                        env.push(EnvVar {
+                            name,
+                            value_from: Some(EnvVarSource {
+                                secret_key_ref: Some(SecretKeySelector {
+                                    name: reference.secret.clone(),
+                                    key: key.clone(),
+                                    optional: Some(false),
+                                }),
+                                ..EnvVarSource::default()
+                            }),
+                            ..EnvVar::default()
+                        });
+                    }
+                }
+            }
+            SecretUse::EnvFrom => {
+                let source = EnvFromSource {
+                    secret_ref: Some(SecretEnvSource {
+                        name: reference.secret.clone(),
+                        optional: Some(false),
+                    }),
+                    ..EnvFromSource::default()
+                };
+                if !env_from.contains(&source) {
+                    env_from.push(source);
+                }
+            }
+            SecretUse::File | SecretUse::Controller => {}
+        }
+    }
+    (env, env_from)
+}
+
+/// The manifest, a writable `/tmp`, and one read-only volume per Secret
+/// referenced by key, holding only the referenced keys.
+fn volumes(pipeline: &StreamPipeline) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![
+        Volume {
+            name: "pipeline".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: Names::config_map(pipeline),
+                items: Some(vec![KeyToPath {
+                    key: CONFIG_KEY.into(),
+                    path: CONFIG_KEY.into(),
+                    ..KeyToPath::default()
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    let config_dir = CONFIG_FILE.rsplit_once('/').map_or("/", |(dir, _)| dir);
+    let mut mounts = vec![
+        VolumeMount {
+            name: "pipeline".into(),
+            mount_path: config_dir.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        },
+    ];
+    let mut keys_by_secret: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for reference in secret_references(&pipeline.spec) {
+        if reference.usage == SecretUse::File {
+            keys_by_secret
+                .entry(reference.secret)
+                .or_default()
+                .extend(reference.keys);
+        }
+    }
+    for (i, (secret, keys)) in keys_by_secret.into_iter().enumerate() {
+        let name = format!("secret-{i}");
+        mounts.push(VolumeMount {
+            name: name.clone(),
+            mount_path: format!("{SECRETS_DIR}/{secret}"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name,
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret),
+                items: Some(
+                    keys.into_iter()
+                        .map(|key| KeyToPath {
+                            path: key.clone(),
+                            key,
+                            ..KeyToPath::default()
+                        })
+                        .collect(),
+                ),
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
+    (volumes, mounts)
+}

@@ -1,0 +1,5 @@
+//! The StreamPipeline status: reading runners, aggregating, conditions.
+
+pub mod aggregate;
+pub mod conditions;
+pub mod runner;

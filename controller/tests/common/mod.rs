@@ -1,0 +1,257 @@
+//! Shared test fixtures: an in-memory Kubernetes API (kube-fake-client), a
+//! pipeline manifest, and a local HTTP server playing the runners' `/status`.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::get,
+};
+use k8s_openapi::{
+    ByteString,
+    api::{core::v1::Secret, events::v1::Event},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{Api, Client, api::ListParams, runtime::controller::Action};
+use kube_fake_client::ClientBuilder;
+use sluice_controller::{Context, Error, Settings, metrics::Metrics, reconcile};
+use sluice_crds::{RunnerStatus, StreamPipeline};
+
+pub const NS: &str = "analytics";
+pub const OTHER_FINALIZER: &str = "example.com/backup";
+
+/// A Kafka → S3 pipeline with two replicas, SASL credentials, TLS CA,
+/// checkpoint credentials and alert thresholds.
+pub fn pipeline(name: &str) -> StreamPipeline {
+    let yaml = format!(
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  source:
+    kafka:
+      bootstrapServers: kafka.data:9092
+      topics: [events]
+      consumerGroup: clickstream
+      tls: {{caSecretRef: {{name: kafka-ca, key: ca.crt}}}}
+      sasl: {{mechanism: SCRAM-SHA-512, secretRef: {{name: kafka-user}}}}
+  window:
+    sliding: {{size: 5m, slide: 1m}}
+    watermark: 2m
+    groupBy: [event_type]
+    aggregations: [{{name: event_count, count: {{}}}}]
+  sinks:
+    - name: lake
+      delta: {{uri: "s3://lake/clickstream", credentialsSecretRef: {{name: lake-creds}}}}
+  checkpoint: {{uri: "s3://checkpoints/{name}", credentialsSecretRef: {{name: checkpoint-creds}}}}
+  parallelism: 2
+  alerts: {{maxLag: 1000, maxDeadLetterRate: 5.0}}
+"#
+    );
+    let mut pipeline = sluice_crds::parse_pipeline(&yaml).expect("valid test manifest");
+    pipeline.metadata.uid = Some(format!("uid-{name}"));
+    // Another controller's finalizer: kube's finalizer helper guards its
+    // first add with a JSON-patch `test` of a missing path against null,
+    // which the fake API refuses; with one present it appends instead.
+    pipeline.metadata.finalizers = Some(vec![OTHER_FINALIZER.into()]);
+    pipeline
+}
+
+pub fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// Every Secret [`pipeline`] references, with made-up values.
+pub fn pipeline_secrets() -> Vec<Secret> {
+    vec![
+        secret("kafka-ca", &[("ca.crt", "-----BEGIN CERTIFICATE-----")]),
+        secret(
+            "kafka-user",
+            &[
+                ("username", "kafka-login-name"),
+                ("password", "s3cr3t-kafka-password"),
+            ],
+        ),
+        secret(
+            "lake-creds",
+            &[
+                ("AWS_ACCESS_KEY_ID", "lake-key-id"),
+                ("AWS_SECRET_ACCESS_KEY", "lake-s3cr3t"),
+            ],
+        ),
+        secret(
+            "checkpoint-creds",
+            &[("AWS_SECRET_ACCESS_KEY", "checkpoint-s3cr3t")],
+        ),
+    ]
+}
+
+/// The fake API holding `pipelines` and `secrets`.
+pub async fn fake_api(pipelines: Vec<StreamPipeline>, secrets: Vec<Secret>) -> Client {
+    ClientBuilder::new()
+        .with_resource::<StreamPipeline>()
+        .with_status_subresource::<StreamPipeline>()
+        .with_objects(pipelines)
+        .with_objects(secrets)
+        .build()
+        .await
+        .expect("fake API")
+}
+
+/// Settings for tests: runner status from `status_url_template`, short backoff.
+pub fn settings(status_url_template: String) -> Settings {
+    Settings {
+        runner_image: "sluice-runner:test".into(),
+        status_url_template,
+        status_timeout: Duration::from_secs(5),
+        webhook_min_delay: Duration::from_millis(50),
+        ..Settings::default()
+    }
+}
+
+pub fn context(client: Client, status_url_template: String) -> Arc<Context> {
+    Arc::new(Context::new(
+        client,
+        settings(status_url_template),
+        Metrics::new().expect("metrics"),
+    ))
+}
+
+/// Reconciles the stored version of `name`, as the controller would after a watch event.
+pub async fn reconcile_stored(ctx: &Arc<Context>, name: &str) -> Result<Action, Error> {
+    let stored = pipelines(ctx).get(name).await.expect("stored pipeline");
+    reconcile(Arc::new(stored), ctx.clone()).await
+}
+
+/// Reconciles until the finalizer is in place and one full pass ran.
+pub async fn reconcile_settled(ctx: &Arc<Context>, name: &str) -> Action {
+    reconcile_stored(ctx, name)
+        .await
+        .expect("reconcile adding the finalizer");
+    reconcile_stored(ctx, name).await.expect("reconcile")
+}
+
+pub fn pipelines(ctx: &Context) -> Api<StreamPipeline> {
+    Api::namespaced(ctx.client.clone(), NS)
+}
+
+pub async fn stored(ctx: &Context, name: &str) -> StreamPipeline {
+    pipelines(ctx).get(name).await.expect("stored pipeline")
+}
+
+/// `pipeline` as the API server shows it after `kubectl delete`: a deletion
+/// timestamp, and our finalizer still holding it. (kube-fake-client deletes
+/// at once on DELETE, so tests start from this state.)
+pub fn terminating(mut pipeline: StreamPipeline) -> StreamPipeline {
+    pipeline.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    pipeline.metadata.finalizers = Some(vec![
+        OTHER_FINALIZER.into(),
+        sluice_controller::FINALIZER.into(),
+    ]);
+    pipeline
+}
+
+/// Reconciles a [`terminating`] pipeline; true once the controller let go
+/// of it (only the other controller's finalizer is left).
+pub async fn reconcile_deletion(ctx: &Arc<Context>, name: &str) -> bool {
+    reconcile_stored(ctx, name)
+        .await
+        .expect("cleanup reconcile");
+    let left = stored(ctx, name).await;
+    left.metadata.finalizers == Some(vec![OTHER_FINALIZER.into()])
+}
+
+pub fn condition<'a>(pipeline: &'a StreamPipeline, type_: &str) -> &'a Condition {
+    pipeline
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", pipeline.status))
+}
+
+/// Events recorded in the test namespace, as (type, reason, note).
+pub async fn events(client: &Client) -> Vec<(String, String, String)> {
+    Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `check` until it returns Some, or panics after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Plays every runner's `GET /status` at `/<namespace>/<pod>/status`; a pod
+/// with no document set answers 503.
+#[derive(Clone, Default)]
+pub struct RunnerStatuses(Arc<Mutex<BTreeMap<String, RunnerStatus>>>);
+
+impl RunnerStatuses {
+    pub fn set(&self, pod: &str, status: RunnerStatus) {
+        self.0.lock().unwrap().insert(pod.to_owned(), status);
+    }
+
+    /// Serves on a free port of 127.0.0.1; returns the URL template for [`Settings`].
+    pub async fn serve(&self) -> String {
+        async fn status(
+            State(statuses): State<RunnerStatuses>,
+            Path((_namespace, pod)): Path<(String, String)>,
+        ) -> Result<Json<RunnerStatus>, StatusCode> {
+            let found = statuses.0.lock().unwrap().get(&pod).cloned();
+            found.map(Json).ok_or(StatusCode::SERVICE_UNAVAILABLE)
+        }
+        let router = Router::new()
+            .route("/{namespace}/{pod}/status", get(status))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{address}/{{namespace}}/{{pod}}/status")
+    }
+}
