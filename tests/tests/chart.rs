@@ -342,3 +342,47 @@ fn alerts_dashboard_and_readme_only_name_metrics_that_sluice_exports() {
         "the chart or README names metrics that neither runner/src nor controller/src registers: {unknown:?}"
     );
 }
+
+#[test]
+fn the_deployment_sets_only_variables_the_controller_reads() {
+    let main = read(&repo_root().join("controller/src/main.rs"));
+    let deployment = read(&chart().join("templates/deployment.yaml"));
+    let variables: Vec<&str> = references(&deployment, "- name: ")
+        .into_iter()
+        .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    assert!(variables.contains(&"SLUICE_RUNNER_IMAGE"), "{variables:?}");
+    for variable in variables {
+        // RUST_LOG is tracing-subscriber's filter, read from the environment.
+        let read_by_controller = main.contains(&format!("env = \"{variable}\""))
+            || (variable == "RUST_LOG" && main.contains("EnvFilter::try_from_default_env"));
+        assert!(
+            read_by_controller,
+            "deployment.yaml sets {variable}, which controller/src/main.rs does not read"
+        );
+    }
+}
+
+#[test]
+fn the_pod_monitor_selects_the_runner_pods_the_controller_creates() {
+    let render = rust_sources(&repo_root().join("controller/src/render"));
+    let pod_monitor = read(&chart().join("templates/podmonitor.yaml"));
+    for (in_chart, in_controller) in [
+        ("app.kubernetes.io/name: sluice-runner", "\"sluice-runner\""),
+        // Prometheus turns the label sluice.dev/pipeline into this meta label.
+        (
+            "__meta_kubernetes_pod_label_sluice_dev_pipeline",
+            "\"sluice.dev/pipeline\"",
+        ),
+        ("port: http", "name: Some(\"http\".into())"),
+    ] {
+        assert!(
+            pod_monitor.contains(in_chart),
+            "podmonitor.yaml lacks {in_chart}"
+        );
+        assert!(
+            render.contains(in_controller),
+            "controller/src/render no longer has {in_controller}; update podmonitor.yaml"
+        );
+    }
+}
