@@ -386,3 +386,19 @@ fn the_pod_monitor_selects_the_runner_pods_the_controller_creates() {
         );
     }
 }
+
+#[test]
+fn the_charts_app_version_is_the_workspace_version() {
+    let chart_yaml: Value = serde_yaml::from_str(&read(&chart().join("Chart.yaml"))).unwrap();
+    let cargo = read(&repo_root().join("Cargo.toml"));
+    let workspace_version = cargo
+        .lines()
+        .skip_while(|line| line.trim() != "[workspace.package]")
+        .find_map(|line| line.strip_prefix("version = "))
+        .map(|version| version.trim_matches('"'))
+        .expect("Cargo.toml has [workspace.package] version");
+    assert_eq!(
+        chart_yaml["appVersion"], workspace_version,
+        "the images default to the chart's appVersion, so it must be the binaries' version"
+    );
+}

@@ -295,3 +295,49 @@ fn flux_health_check_follows_the_documented_mapping() {
         );
     }
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn readme_and_gitops_links_lead_somewhere() {
+    for page in ["README.md", "docs/gitops.md"] {
+        let text = read(page);
+        let folder = Path::new(page).parent().unwrap();
+        let anchors: BTreeSet<String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix('#'))
+            .map(|heading| anchor(heading.trim_start_matches('#').trim()))
+            .collect();
+        for target in text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+        {
+            if target.starts_with("http") {
+                continue;
+            }
+            match target.strip_prefix('#') {
+                Some(fragment) => assert!(
+                    anchors.contains(fragment),
+                    "{page} links to #{fragment}, which is no heading"
+                ),
+                None => assert!(
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("..")
+                        .join(folder)
+                        .join(target)
+                        .exists(),
+                    "{page} links to {target}, which does not exist"
+                ),
+            }
+        }
+    }
+}
