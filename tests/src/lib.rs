@@ -1,1 +1,5 @@
 
+pub mod clickhouse;
+pub mod elasticsearch;
+pub mod net;
+pub mod rest_api;
