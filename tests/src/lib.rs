@@ -1,5 +1,6 @@
 
 pub mod clickhouse;
 pub mod elasticsearch;
+pub mod kafka;
 pub mod net;
 pub mod rest_api;

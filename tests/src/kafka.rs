@@ -1,0 +1,381 @@
+//! A real Kafka-protocol broker for tests: `tansu`, a broker written in Rust,
+//! installed from crates.io by `tests/scripts/setup.d/20-tansu.sh` and run
+//! here as a child process on 127.0.0.1.
+//!
+//! Storage is in memory by default. A test that restarts the broker and needs
+//! its data back passes [`BrokerStorage::S3`] (tansu's object-store engine
+//! pointed at a real S3 endpoint such as moto_server): tansu has no file-backed
+//! engine in its `dynostore` build.
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    ClientConfig, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
+};
+
+/// How long the broker may take to accept connections and answer metadata.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of one broker request made by the harness.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What went wrong while running the test broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(
+        "tansu not found at {0}: run tests/scripts/setup.sh (or set SLUICE_TANSU to the binary)"
+    )]
+    NotInstalled(PathBuf),
+    #[error("{action}: {source}")]
+    Io {
+        action: String,
+        source: std::io::Error,
+    },
+    #[error("broker on port {port} not ready after {waited:?}; its log:\n{log}")]
+    NotReady {
+        port: u16,
+        waited: Duration,
+        log: String,
+    },
+    #[error("broker exited early ({status}); its log:\n{log}")]
+    Exited { status: String, log: String },
+    #[error("kafka request failed: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("creating topic {topic}: {message}")]
+    CreateTopic { topic: String, message: String },
+}
+
+/// Where tansu keeps its topics.
+#[derive(Clone, Debug)]
+pub enum BrokerStorage {
+    /// Lost when the broker stops.
+    Memory,
+    /// Survives a restart: an existing S3 bucket, reached with the given
+    /// `AWS_*` environment (for example [`crate::moto::MotoS3::env`]).
+    S3 {
+        bucket: String,
+        env: Vec<(&'static str, String)>,
+    },
+}
+
+/// A running tansu broker; killed when dropped.
+pub struct KafkaBroker {
+    port: u16,
+    storage: BrokerStorage,
+    workdir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl KafkaBroker {
+    /// Starts a broker with in-memory storage on a free port and waits until it answers.
+    pub fn start() -> Result<Self, BrokerError> {
+        Self::start_with(BrokerStorage::Memory)
+    }
+
+    /// Starts a broker with the given storage on a free port and waits until it answers.
+    pub fn start_with(storage: BrokerStorage) -> Result<Self, BrokerError> {
+        let workdir = tempfile::tempdir().map_err(|source| BrokerError::Io {
+            action: "creating the broker's work folder".into(),
+            source,
+        })?;
+        let mut broker = Self {
+            port: crate::net::free_port(),
+            storage,
+            workdir,
+            child: None,
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap_servers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGKILL) and starts it again on the same port and storage.
+    pub fn restart(&mut self) -> Result<(), BrokerError> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Stops the broker (SIGKILL); [`KafkaBroker::restart`] brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Creates a topic and waits until its metadata shows every partition.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
+        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+        let results = futures::executor::block_on(admin.create_topics([&new_topic], &options))?;
+        for result in results {
+            if let Err((name, code)) = result {
+                return Err(BrokerError::CreateTopic {
+                    topic: name,
+                    message: code.to_string(),
+                });
+            }
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.partition_count(topic)? < partitions as usize {
+            if Instant::now() > deadline {
+                return Err(BrokerError::CreateTopic {
+                    topic: topic.into(),
+                    message: "partitions never appeared in metadata".into(),
+                });
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Number of partitions of `topic` (0 when it does not exist).
+    pub fn partition_count(&self, topic: &str) -> Result<usize, BrokerError> {
+        let consumer: BaseConsumer = self.client_config().create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len()))
+    }
+
+    /// A producer configured for this broker (`acks=all`, idempotence off since
+    /// the tests produce from one thread and check results themselves).
+    pub fn producer(&self) -> Result<TestProducer, BrokerError> {
+        let producer = self
+            .client_config()
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .create()?;
+        Ok(TestProducer { producer })
+    }
+
+    /// Each partition's high watermark (the offset the next record gets).
+    pub fn end_offsets(&self, topic: &str) -> Result<Vec<i64>, BrokerError> {
+        let consumer: BaseConsumer = self.client_config().create()?;
+        (0..self.partition_count(topic)? as i32)
+            .map(|partition| {
+                consumer
+                    .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+                    .map(|(_, high)| high)
+                    .map_err(Into::into)
+            })
+            .collect()
+    }
+
+    /// Offsets committed by `group` for each partition of `topic` (`None` when nothing is committed).
+    pub fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<Option<i64>>, BrokerError> {
+        let consumer: BaseConsumer = self.client_config().set("group.id", group).create()?;
+        let mut partitions = TopicPartitionList::new();
+        for partition in 0..self.partition_count(topic)? as i32 {
+            partitions.add_partition(topic, partition);
+        }
+        let committed = consumer.committed_offsets(partitions, REQUEST_TIMEOUT)?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|element| match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Client settings that reach this broker; tests add their own.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", self.bootstrap_servers())
+            .set("socket.timeout.ms", "10000")
+            .set("log_level", "3");
+        config
+    }
+
+    /// The broker's combined stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.workdir.path().join("tansu.log")
+    }
+
+    fn spawn(&mut self) -> Result<(), BrokerError> {
+        let binary = tansu_binary()?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|source| BrokerError::Io {
+                action: "opening the broker log".into(),
+                source,
+            })?;
+        let log_err = log.try_clone().map_err(|source| BrokerError::Io {
+            action: "opening the broker log".into(),
+            source,
+        })?;
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut command = Command::new(&binary);
+        command
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", &self.storage_url(), "--silent"])
+            .env("RUST_LOG", "warn")
+            .current_dir(self.workdir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        if let BrokerStorage::S3 { env, .. } = &self.storage {
+            command.envs(env.iter().map(|(name, value)| (name, value)));
+        }
+        let child = command.spawn().map_err(|source| BrokerError::Io {
+            action: format!("starting {}", binary.display()),
+            source,
+        })?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn storage_url(&self) -> String {
+        match &self.storage {
+            BrokerStorage::Memory => "memory://tansu/".into(),
+            BrokerStorage::S3 { bucket, .. } => format!("s3://{bucket}/"),
+        }
+    }
+
+    /// Polls until the broker answers a metadata request, failing fast if it exits.
+    fn wait_ready(&mut self) -> Result<(), BrokerError> {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(BrokerError::Exited {
+                    status: status.to_string(),
+                    log: self.log(),
+                });
+            }
+            if self.answers_metadata() {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(BrokerError::NotReady {
+                    port: self.port,
+                    waited: started.elapsed(),
+                    log: self.log(),
+                });
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn answers_metadata(&self) -> bool {
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+            return false;
+        }
+        let Ok(consumer) = self.client_config().create::<BaseConsumer>() else {
+            return false;
+        };
+        consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_ok_and(|metadata| !metadata.brokers().is_empty())
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A synchronous producer for test data.
+pub struct TestProducer {
+    producer: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl TestProducer {
+    /// Queues one record for `partition` of `topic`.
+    pub fn send(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(), BrokerError> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(partition)
+            .payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                // The local queue is full: let the broker catch up, then retry.
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    returned,
+                )) => {
+                    record = returned;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Waits until every queued record is acknowledged by the broker.
+    pub fn flush(&self) -> Result<(), BrokerError> {
+        self.producer.flush(Duration::from_secs(120))?;
+        Ok(())
+    }
+}
+
+/// The tansu binary: `$SLUICE_TANSU`, else `$SLUICE_CACHE/bin/tansu` (default
+/// cache `~/.cache/sluice`, as in tests/scripts/env.sh).
+pub fn tansu_binary() -> Result<PathBuf, BrokerError> {
+    let path = match std::env::var_os("SLUICE_TANSU") {
+        Some(path) => PathBuf::from(path),
+        None => cache_dir().join("bin").join("tansu"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(BrokerError::NotInstalled(path))
+    }
+}
+
+fn cache_dir() -> PathBuf {
+    match std::env::var_os("SLUICE_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/sluice"),
+    }
+}
