@@ -34,6 +34,8 @@ pub struct Settings {
     /// Webhook delivery: first retry delay and number of retries.
     pub webhook_min_delay: Duration,
     pub webhook_retries: usize,
+    /// This replica's name in the Events it records (the pod name).
+    pub instance: Option<String>,
 }
 
 impl Default for Settings {
@@ -47,6 +49,7 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(300),
             webhook_min_delay: Duration::from_millis(500),
             webhook_retries: 8,
+            instance: None,
         }
     }
 }
@@ -66,7 +69,7 @@ impl Context {
     pub fn new(client: Client, settings: Settings, metrics: Metrics) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
+            instance: settings.instance.clone(),
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),

@@ -42,7 +42,7 @@ struct Args {
     status_url_template: String,
     /// How often a healthy pipeline's status is refreshed.
     #[arg(long, env = "SLUICE_RESYNC_INTERVAL", default_value = "30s")]
-    resync_interval: humantime_arg::Duration,
+    resync_interval: duration_flag::Duration,
     /// Name of the leader-election Lease.
     #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
     lease_name: String,
@@ -57,7 +57,7 @@ struct Args {
     log_format: LogFormat,
 }
 
-mod humantime_arg {
+mod duration_flag {
     /// A `30s`/`5m` duration flag.
     #[derive(Clone, Copy)]
     pub struct Duration(pub std::time::Duration);
@@ -82,14 +82,27 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
     }
 
+    // Both ring and aws-lc-rs are compiled in (through different
+    // dependencies), so rustls cannot choose on its own.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a TLS crypto provider was already installed");
+    }
     let client = kube::Client::try_default().await.context(
         "cannot configure a Kubernetes client (in-cluster service account or KUBECONFIG)",
     )?;
     let metrics = Metrics::new().context("cannot register metrics")?;
+    let holder = match args.holder_id {
+        Some(holder) => holder,
+        None => format!("sluice-controller-{}", std::process::id()),
+    };
     let settings = Settings {
         runner_image: args.runner_image,
         status_url_template: args.status_url_template,
         resync_interval: args.resync_interval.0,
+        instance: Some(holder.clone()),
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone()));
@@ -99,10 +112,6 @@ async fn main() -> anyhow::Result<()> {
     let http_addr = args.http_addr;
     let server = tokio::spawn(async move { server::serve(http_addr, router).await });
 
-    let holder = match args.holder_id {
-        Some(holder) => holder,
-        None => format!("sluice-controller-{}", std::process::id()),
-    };
     let election = LeaderElection::new(
         client,
         &args.lease_namespace,
@@ -127,6 +136,10 @@ async fn main() -> anyhow::Result<()> {
         result = server => {
             result.context("HTTP server task failed")?.context("HTTP server failed")?;
             anyhow::bail!("HTTP server stopped")
+        }
+        () = terminated() => {
+            tracing::info!("terminating");
+            Ok(())
         }
     }
 }

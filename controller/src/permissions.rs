@@ -61,10 +61,3 @@ pub const PERMISSIONS: &[Permission] = &[
         verbs: &["get", "create", "patch"],
     },
 ];
-
-/// True when `verb` on `resource` of `api_group` is in [`PERMISSIONS`].
-pub fn is_permitted(api_group: &str, resource: &str, verb: &str) -> bool {
-    PERMISSIONS.iter().any(|p| {
-        p.api_group == api_group && p.resources.contains(&resource) && p.verbs.contains(&verb)
-    })
-}

@@ -32,38 +32,40 @@ where
     }
 }
 
-/// Reconciles until SIGTERM or SIGINT (then finishes the reconciles in
-/// flight). `namespace` limits it to one namespace.
+/// Adds a watch of owned `K` objects (this controller's only) to `controller`.
+fn owns<K>(
+    controller: Controller<StreamPipeline>,
+    client: &Client,
+    namespace: Option<&str>,
+) -> Controller<StreamPipeline>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    controller.owns(
+        api::<K>(client, namespace),
+        watcher::Config::default().labels(OWNED_SELECTOR),
+    )
+}
+
+/// Reconciles until dropped (reconciles are idempotent, so stopping in the
+/// middle of one is safe). `namespace` limits it to one namespace.
 pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
     let client = ctx.client.clone();
-    let owned = || watcher::Config::default().labels(OWNED_SELECTOR);
-    fn owns<K>(
-        controller: Controller<StreamPipeline>,
-        client: &Client,
-        namespace: Option<&str>,
-        config: watcher::Config,
-    ) -> Controller<StreamPipeline>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-    {
-        controller.owns(api::<K>(client, namespace), config)
-    }
     let mut controller = Controller::new(
         api::<StreamPipeline>(&client, namespace),
         watcher::Config::default(),
     );
-    controller = owns::<ConfigMap>(controller, &client, namespace, owned());
-    controller = owns::<StatefulSet>(controller, &client, namespace, owned());
-    controller = owns::<Service>(controller, &client, namespace, owned());
-    controller = owns::<ServiceAccount>(controller, &client, namespace, owned());
+    controller = owns::<ConfigMap>(controller, &client, namespace);
+    controller = owns::<StatefulSet>(controller, &client, namespace);
+    controller = owns::<Service>(controller, &client, namespace);
+    controller = owns::<ServiceAccount>(controller, &client, namespace);
     controller
-        .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
