@@ -562,6 +562,14 @@ async fn runner_status_becomes_pipeline_status_with_lag() {
         ),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(r#"sluice_controller_reconciles_total{result="ok"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_controller_reconcile_duration_seconds_count 2"),
+        "{metrics}"
+    );
 
     // Nothing changed: no status write, and lastTransitionTime stays.
     let version = running.metadata.resource_version.clone();
