@@ -18,16 +18,27 @@ use sluice_crds::StreamPipeline;
 /// (API group, resource, verb) triples.
 type Calls = Arc<Mutex<BTreeSet<(String, String, String)>>>;
 
-/// Wraps `inner` so that each request is recorded as the RBAC verbs it needs.
-fn recording(inner: Client, calls: Calls) -> Client {
+/// Wraps `inner` so that each request is recorded as the RBAC verbs it
+/// needs, and each server-side apply's path and query string in `applies`.
+fn recording(inner: Client, calls: Calls, applies: Arc<Mutex<Vec<String>>>) -> Client {
     let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-        let (inner, calls) = (inner.clone(), calls.clone());
+        let (inner, calls, applies) = (inner.clone(), calls.clone(), applies.clone());
         async move {
             calls.lock().unwrap().extend(rbac_calls(&request));
+            if is_apply(&request) {
+                applies.lock().unwrap().push(request.uri().to_string());
+            }
             inner.send(request).await
         }
     });
     Client::new(service, "default")
+}
+
+fn is_apply(request: &http::Request<kube::client::Body>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes() == b"application/apply-patch+yaml")
 }
 
 /// The RBAC (group, resource, verb)s of one request. A server-side apply may
@@ -55,10 +66,7 @@ fn rbac_calls(request: &http::Request<kube::client::Body>) -> Vec<(String, Strin
         _ => panic!("unexpected request path {}", request.uri()),
     };
     let query = request.uri().query().unwrap_or_default();
-    let apply = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes() == b"application/apply-patch+yaml");
+    let apply = is_apply(request);
     let verbs: &[&str] = match (request.method().as_str(), named) {
         ("GET", true) => &["get"],
         ("GET", false) if query.contains("watch=true") => &["watch"],
@@ -80,12 +88,16 @@ fn rbac_calls(request: &http::Request<kube::client::Body>) -> Vec<(String, Strin
 #[tokio::test]
 async fn api_calls_are_exactly_the_listed_permissions() {
     let calls = Calls::default();
+    let applies = Arc::new(Mutex::new(Vec::new()));
     let runners = RunnerStatuses::default();
     let template = runners.serve().await;
     let clickstream = pipeline("clickstream");
     let secrets = pipeline_secrets();
     let fake = fake_api(vec![clickstream], secrets.clone()).await;
-    let ctx = context(recording(fake.clone(), calls.clone()), template);
+    let ctx = context(
+        recording(fake.clone(), calls.clone(), applies.clone()),
+        template,
+    );
     let secret_api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(fake.clone(), NS);
 
     // The test reads objects through `fake` directly, so only the
@@ -125,7 +137,7 @@ async fn api_calls_are_exactly_the_listed_permissions() {
     // Deletion through the finalizer, on a pipeline being deleted.
     let doomed_fake = fake_api(vec![terminating(pipeline("doomed"))], secrets.clone()).await;
     let deleting = context(
-        recording(doomed_fake.clone(), calls.clone()),
+        recording(doomed_fake.clone(), calls.clone(), applies.clone()),
         runners.serve().await,
     );
     let stored = Api::<StreamPipeline>::namespaced(doomed_fake.clone(), NS)
