@@ -158,8 +158,9 @@ fn value(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-/// The runner's environment: identity, listen address, log filter, and the
-/// Secrets passed by reference (`secretKeyRef`, `envFrom`).
+/// The runner's environment: identity, listen address, and the Secrets
+/// passed by reference (`secretKeyRef`, `envFrom`). The log filter is in the
+/// manifest (`spec.runner.logLevel`).
 fn environment(pipeline: &StreamPipeline) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
     let spec = &pipeline.spec;
     let mut env = vec![
@@ -180,13 +181,9 @@ fn environment(pipeline: &StreamPipeline) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
             "SLUICE_PIPELINE_UID",
             pipeline.meta().uid.clone().unwrap_or_default(),
         ),
-        value("SLUICE_LOG_FORMAT", "json"),
         // The root file system is read-only; scratch files go to the emptyDir.
         value("TMPDIR", "/tmp"),
     ];
-    if let Some(level) = &spec.runner.log_level {
-        env.push(value("RUST_LOG", level.clone()));
-    }
     let mut env_from: Vec<EnvFromSource> = Vec::new();
     let mut seen_env = BTreeSet::new();
     for reference in secret_references(spec) {
