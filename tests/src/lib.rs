@@ -1,6 +1,7 @@
 
+pub mod kafka;
+pub mod moto;
 pub mod clickhouse;
 pub mod elasticsearch;
-pub mod kafka;
 pub mod net;
 pub mod rest_api;

@@ -1,0 +1,258 @@
+//! The checkpoint store: the write-ahead log of epoch plans and the
+//! checkpoints (end positions, watermark, window state) of completed epochs.
+//!
+//! Layout under the checkpoint URI, one lineage per replica:
+//! `replica-<r>/plans/<epoch>.json` and `replica-<r>/checkpoints/<epoch>.json`,
+//! epochs zero-padded to 20 digits so that names sort by epoch. Every object
+//! is written once (`PutMode::Create`): a second runner that believes it owns
+//! the same replica fails on its first plan instead of corrupting the lineage.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, path::Path};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    source::{PartitionId, PartitionRange, Positions},
+    window::WindowState,
+};
+
+/// The write-ahead record of one epoch: exactly what it reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochPlan {
+    pub epoch: u64,
+    pub ranges: Vec<PartitionRange>,
+    /// Partitions idle for longer than the idle timeout when the epoch was
+    /// planned: they do not hold the watermark back at the end of this epoch.
+    /// Decided at planning time so that a replay computes the same watermark.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle: Vec<PartitionId>,
+}
+
+/// The durable state after an epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    pub epoch: u64,
+    /// Where the next epoch starts, per partition.
+    #[serde(with = "crate::source::positions_as_list")]
+    pub positions: Positions,
+    /// Watermark, per-partition event-time maxima and open windows.
+    pub state: WindowState,
+    /// Wall-clock time it was written (RFC 3339).
+    pub written_at: String,
+}
+
+/// Why the checkpoint store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint store {uri}: {error}")]
+    Store {
+        uri: String,
+        error: object_store::Error,
+    },
+    #[error("checkpoint store {uri}: {object} already exists; is another runner using replica {replica}?")]
+    Conflict {
+        uri: String,
+        object: String,
+        replica: u32,
+    },
+    #[error("checkpoint store {uri}: {object} is not a valid checkpoint object: {error}")]
+    Corrupt {
+        uri: String,
+        object: String,
+        error: serde_json::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+/// Durable epoch plans and checkpoints of one replica.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// Where the checkpoints live, for status and logs.
+    fn uri(&self) -> String;
+
+    /// Writes an epoch's plan; fails if one exists for that epoch.
+    async fn put_plan(&self, plan: &EpochPlan) -> Result<(), CheckpointError>;
+
+    /// Plans of epochs after `epoch` (all plans for `None`), in epoch order.
+    async fn plans_after(&self, epoch: Option<u64>) -> Result<Vec<EpochPlan>, CheckpointError>;
+
+    /// Writes a checkpoint; fails if one exists for that epoch.
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
+
+    /// The newest checkpoint, if any.
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, CheckpointError>;
+
+    /// Deletes all but the newest `keep` checkpoints, and the plans of epochs
+    /// up to the oldest checkpoint kept (recovery needs only the newest
+    /// checkpoint and the plans after it). Returns the objects deleted.
+    async fn prune(&self, keep: usize) -> Result<usize, CheckpointError>;
+}
+
+/// [`CheckpointStore`] on any `object_store` backend.
+pub struct ObjectStoreCheckpoints {
+    store: Arc<dyn ObjectStore>,
+    uri: String,
+    replica: u32,
+}
+
+const PLANS: &str = "plans";
+const CHECKPOINTS: &str = "checkpoints";
+
+impl ObjectStoreCheckpoints {
+    /// Checkpoints of `replica` under `uri` (see [`crate::storage::store_for`]).
+    pub fn open(uri: &str, replica: u32) -> Result<Self, CheckpointError> {
+        Ok(Self::new(crate::storage::store_for(uri)?, uri, replica))
+    }
+
+    pub fn new(store: Arc<dyn ObjectStore>, uri: &str, replica: u32) -> Self {
+        Self {
+            store,
+            uri: uri.to_owned(),
+            replica,
+        }
+    }
+
+    fn folder(&self, kind: &str) -> Path {
+        Path::from(format!("replica-{}/{kind}", self.replica))
+    }
+
+    fn object(&self, kind: &str, epoch: u64) -> Path {
+        self.folder(kind).child(format!("{epoch:020}.json"))
+    }
+
+    fn store_error(&self, error: object_store::Error) -> CheckpointError {
+        CheckpointError::Store {
+            uri: self.uri.clone(),
+            error,
+        }
+    }
+
+    async fn put_once<T: Serialize + Sync>(
+        &self,
+        kind: &str,
+        epoch: u64,
+        value: &T,
+    ) -> Result<(), CheckpointError> {
+        let object = self.object(kind, epoch);
+        let bytes = serde_json::to_vec(value).map_err(|error| CheckpointError::Corrupt {
+            uri: self.uri.clone(),
+            object: object.to_string(),
+            error,
+        })?;
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self.store.put_opts(&object, bytes.into(), options).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(CheckpointError::Conflict {
+                uri: self.uri.clone(),
+                object: object.to_string(),
+                replica: self.replica,
+            }),
+            Err(error) => Err(self.store_error(error)),
+        }
+    }
+
+    /// Epoch numbers present in a folder, ascending.
+    async fn epochs(&self, kind: &str) -> Result<Vec<u64>, CheckpointError> {
+        let folder = self.folder(kind);
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&folder))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let mut epochs: Vec<u64> = objects
+            .iter()
+            .filter_map(|meta| meta.location.filename()?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    async fn read<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: &str,
+        epoch: u64,
+    ) -> Result<T, CheckpointError> {
+        let object = self.object(kind, epoch);
+        let bytes = self
+            .store
+            .get(&object)
+            .await
+            .map_err(|e| self.store_error(e))?
+            .bytes()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        serde_json::from_slice(&bytes).map_err(|error| CheckpointError::Corrupt {
+            uri: self.uri.clone(),
+            object: object.to_string(),
+            error,
+        })
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for ObjectStoreCheckpoints {
+    fn uri(&self) -> String {
+        format!("{}/replica-{}", self.uri.trim_end_matches('/'), self.replica)
+    }
+
+    async fn put_plan(&self, plan: &EpochPlan) -> Result<(), CheckpointError> {
+        self.put_once(PLANS, plan.epoch, plan).await
+    }
+
+    async fn plans_after(&self, epoch: Option<u64>) -> Result<Vec<EpochPlan>, CheckpointError> {
+        let mut plans = Vec::new();
+        for planned in self.epochs(PLANS).await? {
+            if epoch.is_none_or(|epoch| planned > epoch) {
+                plans.push(self.read(PLANS, planned).await?);
+            }
+        }
+        Ok(plans)
+    }
+
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        self.put_once(CHECKPOINTS, checkpoint.epoch, checkpoint).await
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        match self.epochs(CHECKPOINTS).await?.last() {
+            Some(&epoch) => Ok(Some(self.read(CHECKPOINTS, epoch).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn prune(&self, keep: usize) -> Result<usize, CheckpointError> {
+        let checkpoints = self.epochs(CHECKPOINTS).await?;
+        let Some(&oldest_kept) = checkpoints.iter().rev().take(keep.max(1)).last() else {
+            return Ok(0);
+        };
+        let mut doomed: Vec<Path> = checkpoints
+            .iter()
+            .filter(|&&epoch| epoch < oldest_kept)
+            .map(|&epoch| self.object(CHECKPOINTS, epoch))
+            .collect();
+        doomed.extend(
+            self.epochs(PLANS)
+                .await?
+                .into_iter()
+                .filter(|&epoch| epoch <= oldest_kept)
+                .map(|epoch| self.object(PLANS, epoch)),
+        );
+        for object in &doomed {
+            match self.store.delete(object).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(self.store_error(error)),
+            }
+        }
+        Ok(doomed.len())
+    }
+}

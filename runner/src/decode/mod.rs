@@ -1,0 +1,226 @@
+//! JSON decoding that reads only the fields the pipeline uses (event time,
+//! group-by and aggregation fields, transform variables) in one pass over the
+//! event with `sonic-rs`, borrowing strings from the event where possible.
+
+use std::borrow::Cow;
+
+use sluice_crds::{JsonFormat, TimestampFormat};
+use sonic_rs::PointerTree;
+
+/// A decoded field.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue<'a> {
+    Missing,
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    /// An object or array, as JSON text.
+    Json(Cow<'a, str>),
+}
+
+impl FieldValue<'_> {
+    /// The value as a number, for aggregations; `None` for missing and null.
+    pub fn as_number(&self) -> Result<Option<f64>, String> {
+        match self {
+            Self::Missing | Self::Null => Ok(None),
+            Self::Int(i) => Ok(Some(*i as f64)),
+            Self::Float(f) => Ok(Some(*f)),
+            other => Err(format!("expected a number, found {}", other.type_name())),
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Missing => "nothing",
+            Self::Null => "null",
+            Self::Bool(_) => "a boolean",
+            Self::Int(_) | Self::Float(_) => "a number",
+            Self::Str(_) => "a string",
+            Self::Json(_) => "an object or array",
+        }
+    }
+
+    /// Owned copy, for values that outlive the event (computed fields).
+    pub fn into_owned(self) -> FieldValue<'static> {
+        match self {
+            Self::Missing => FieldValue::Missing,
+            Self::Null => FieldValue::Null,
+            Self::Bool(b) => FieldValue::Bool(b),
+            Self::Int(i) => FieldValue::Int(i),
+            Self::Float(f) => FieldValue::Float(f),
+            Self::Str(s) => FieldValue::Str(Cow::Owned(s.into_owned())),
+            Self::Json(s) => FieldValue::Json(Cow::Owned(s.into_owned())),
+        }
+    }
+}
+
+/// Reads a fixed set of dot-separated field paths from JSON events.
+pub struct Decoder {
+    tree: PointerTree,
+    paths: Vec<String>,
+    timestamp_format: TimestampFormat,
+}
+
+/// Slot of the event-time field in [`Decoder::decode`]'s output.
+pub const TIMESTAMP_SLOT: usize = 0;
+
+impl Decoder {
+    /// A decoder for the event-time field (slot 0) and `fields` (deduplicated).
+    pub fn new(format: &JsonFormat, fields: impl IntoIterator<Item = String>) -> Self {
+        let mut paths = vec![format.timestamp_field.clone()];
+        for field in fields {
+            if !paths.contains(&field) {
+                paths.push(field);
+            }
+        }
+        let mut tree = PointerTree::new();
+        for path in &paths {
+            tree.add_path(path.split('.'));
+        }
+        Self {
+            tree,
+            paths,
+            timestamp_format: format.timestamp_format,
+        }
+    }
+
+    /// The slot of a field path given to [`Decoder::new`].
+    pub fn slot(&self, path: &str) -> Option<usize> {
+        self.paths.iter().position(|p| p == path)
+    }
+
+    pub fn paths(&self) -> &[String] {
+        &self.paths
+    }
+
+    /// Decodes `payload` into one value per slot (replacing `values`' content)
+    /// and returns the event time in milliseconds since the Unix epoch, or why
+    /// the event is malformed.
+    pub fn decode<'a>(
+        &self,
+        payload: &'a [u8],
+        values: &mut Vec<FieldValue<'a>>,
+    ) -> Result<i64, String> {
+        let trimmed = payload.trim_ascii();
+        if !(trimmed.starts_with(b"{") && trimmed.ends_with(b"}")) {
+            return Err("not a JSON object".into());
+        }
+        let found = sonic_rs::get_many(trimmed, &self.tree)
+            .map_err(|e| format!("invalid JSON: {e}"))?;
+        values.clear();
+        for value in found {
+            values.push(match value {
+                None => FieldValue::Missing,
+                Some(lazy) => field_value(lazy.as_raw_cow())?,
+            });
+        }
+        self.event_time(&values[TIMESTAMP_SLOT])
+    }
+
+    /// Milliseconds since the Unix epoch from a timestamp field's value.
+    pub fn event_time(&self, value: &FieldValue<'_>) -> Result<i64, String> {
+        let field = &self.paths[TIMESTAMP_SLOT];
+        match (self.timestamp_format, value) {
+            (_, FieldValue::Missing) => Err(format!("the event-time field {field} is missing")),
+            (TimestampFormat::Rfc3339, FieldValue::Str(text)) => text
+                .parse::<jiff::Timestamp>()
+                .map(|t| t.as_millisecond())
+                .map_err(|e| format!("the event-time field {field} is not an RFC 3339 time: {e}")),
+            (TimestampFormat::EpochMillis, FieldValue::Int(millis)) => Ok(*millis),
+            (TimestampFormat::EpochMillis, FieldValue::Float(millis)) => Ok(millis.floor() as i64),
+            (TimestampFormat::EpochSeconds, FieldValue::Int(secs)) => secs
+                .checked_mul(1000)
+                .ok_or_else(|| format!("the event-time field {field} is out of range")),
+            (TimestampFormat::EpochSeconds, FieldValue::Float(secs)) => {
+                Ok((secs * 1000.0).floor() as i64)
+            }
+            (format, other) => Err(format!(
+                "the event-time field {field} is {}, not a {format:?} time",
+                other.type_name()
+            )),
+        }
+    }
+}
+
+/// Classifies one raw JSON value; strings without escapes are borrowed.
+fn field_value(raw: Cow<'_, str>) -> Result<FieldValue<'_>, String> {
+    let first = raw.as_bytes().first().copied();
+    Ok(match first {
+        Some(b'"') => match raw {
+            Cow::Borrowed(text) if !text.contains('\\') => {
+                FieldValue::Str(Cow::Borrowed(&text[1..text.len() - 1]))
+            }
+            other => FieldValue::Str(Cow::Owned(
+                sonic_rs::from_str::<String>(&other).map_err(|e| format!("invalid string: {e}"))?,
+            )),
+        },
+        Some(b'{' | b'[') => FieldValue::Json(raw),
+        Some(b't') => FieldValue::Bool(true),
+        Some(b'f') => FieldValue::Bool(false),
+        Some(b'n') => FieldValue::Null,
+        _ => {
+            let text: &str = &raw;
+            if text.contains(['.', 'e', 'E']) {
+                FieldValue::Float(text.parse().map_err(|e| format!("invalid number {text}: {e}"))?)
+            } else {
+                match text.parse() {
+                    Ok(int) => FieldValue::Int(int),
+                    Err(_) => FieldValue::Float(
+                        text.parse().map_err(|e| format!("invalid number {text}: {e}"))?,
+                    ),
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder(format: &str) -> Decoder {
+        let format: JsonFormat =
+            serde_json::from_value(serde_json::json!({"timestampField": "ts", "timestampFormat": format}))
+                .unwrap();
+        Decoder::new(&format, ["event_type".to_owned(), "user.id".to_owned(), "value".to_owned()])
+    }
+
+    #[test]
+    fn reads_only_the_requested_fields() {
+        let d = decoder("rfc3339");
+        let mut values = Vec::new();
+        let event = br#"{"ts":"2026-11-24T10:00:00.250Z","skip":{"deep":[1,2]},"event_type":"cl\"ick","user":{"id":7},"value":1.5}"#;
+        let time = d.decode(event, &mut values).unwrap();
+        assert_eq!(time, 1_795_514_400_250);
+        assert_eq!(values[1], FieldValue::Str("cl\"ick".into()));
+        assert_eq!(values[2], FieldValue::Int(7));
+        assert_eq!(values[3], FieldValue::Float(1.5));
+    }
+
+    #[test]
+    fn epoch_formats() {
+        let mut values = Vec::new();
+        assert_eq!(decoder("epochMillis").decode(br#"{"ts":1500}"#, &mut values), Ok(1500));
+        assert_eq!(decoder("epochSeconds").decode(br#"{"ts":1.5}"#, &mut values), Ok(1500));
+    }
+
+    #[test]
+    fn malformed_events_are_refused_with_a_reason() {
+        let d = decoder("rfc3339");
+        let mut values = Vec::new();
+        let cases: [(&[u8], &str); 6] = [
+            (b"not json", "not a JSON object"),
+            (b"[1,2]", "not a JSON object"),
+            (br#"{"ts":"2026-11-24T10:00:00Z","event_type":"x""#, "not a JSON object"),
+            (br#"{"event_type":"x"}"#, "ts is missing"),
+            (br#"{"ts":"yesterday"}"#, "not an RFC 3339 time"),
+            (br#"{"ts":12}"#, "a number, not a Rfc3339 time"),
+        ];
+        for (event, reason) in cases {
+            let error = d.decode(event, &mut values).unwrap_err();
+            assert!(error.contains(reason), "{error:?} should mention {reason:?}");
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The pipeline loop: plan → write-ahead → process → commit sinks →
+//! checkpoint → commit source, epoch after epoch (see DESIGN.md). It sees
+//! sources, sinks, the dead-letter output and the checkpoint store only
+//! through their traits; [`Pipeline::from_spec`] is the one place that maps a
+//! spec to implementations.
+
+mod engine;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arrow::array::RecordBatch;
+use sluice_crds::{CheckpointStatus, PartitionLag, SinkInput, StreamPipelineSpec};
+use tokio::sync::watch;
+
+pub use self::engine::{Engine, EngineError, EpochCounts, EpochOutput, event_schema, rfc3339};
+use crate::{
+    checkpoint::{Checkpoint, CheckpointError, CheckpointStore, EpochPlan, ObjectStoreCheckpoints},
+    dead_letter::{self, DeadLetter, DeadLetterError},
+    sink::{self, EpochKey, Sink, SinkError},
+    source::{
+        self, PartitionId, PartitionRange, Planned, Positions, Source, SourceContext, SourceError,
+    },
+    telemetry::Telemetry,
+};
+
+/// Records one epoch reads at most when the source sets no limit of its own.
+pub const DEFAULT_MAX_RECORDS_PER_EPOCH: i64 = 1_000_000;
+
+/// Why the pipeline stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(
+        "the checkpoint store holds plans for epochs {found:?} after checkpoint {checkpoint:?}; expected consecutive epochs"
+    )]
+    PlanGap {
+        checkpoint: Option<u64>,
+        found: Vec<u64>,
+    },
+}
+
+impl PipelineError {
+    /// Failures of services that come back by themselves (a broker restarting,
+    /// a network partition): the pipeline pauses and resumes instead of exiting.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Source(SourceError::Unavailable { .. })
+                | Self::DeadLetter(DeadLetterError::Kafka { .. })
+        )
+    }
+}
+
+/// Longest pause between attempts to resume after a transient failure.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Pauses after consecutive transient failures: from half a second, doubling
+/// (with jitter) up to [`RETRY_BACKOFF_MAX`], for as long as it takes.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(RETRY_BACKOFF_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Identity of this runner within its pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunnerIdentity {
+    /// The pipeline's uid; the sinks' idempotency keys start with it.
+    pub pipeline: String,
+    pub replica: u32,
+    pub replicas: u32,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Last epoch processed (replayed or new).
+    pub last_epoch: Option<u64>,
+    /// Epochs replayed from the write-ahead log at start.
+    pub replayed_epochs: u64,
+    pub counts: EpochCounts,
+    /// Watermark at the end (milliseconds since the Unix epoch).
+    pub watermark: Option<i64>,
+    /// The source has nothing more (bounded sources).
+    pub exhausted: bool,
+}
+
+pub struct Pipeline {
+    identity: RunnerIdentity,
+    source: Box<dyn Source>,
+    sinks: Vec<Box<dyn Sink>>,
+    dead_letter: Box<dyn DeadLetter>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    engine: Engine,
+    telemetry: Arc<Telemetry>,
+    trigger: Duration,
+    checkpoint_interval: Duration,
+    retain_epochs: usize,
+    idle_timeout: Duration,
+    positions: Positions,
+    last_epoch: Option<u64>,
+    last_checkpoint: Option<u64>,
+    last_checkpoint_at: Instant,
+    last_active: HashMap<PartitionId, Instant>,
+    last_idle: Vec<PartitionId>,
+    summary: RunSummary,
+}
+
+impl Pipeline {
+    /// Builds the pipeline a spec describes.
+    pub fn from_spec(
+        spec: &StreamPipelineSpec,
+        identity: RunnerIdentity,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Self, PipelineError> {
+        let context = SourceContext {
+            replica: identity.replica,
+            replicas: identity.replicas,
+            max_records_per_epoch: DEFAULT_MAX_RECORDS_PER_EPOCH,
+        };
+        let source = source::from_spec(&spec.source, &context)?;
+        let sinks = spec
+            .sinks
+            .iter()
+            .map(|sink| sink::from_spec(sink, &telemetry.sinks))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dead_letter = dead_letter::from_spec(spec.dead_letter.as_ref(), &spec.source, &spec.checkpoint.uri)?;
+        let checkpoints = Arc::new(ObjectStoreCheckpoints::open(
+            &spec.checkpoint.uri,
+            identity.replica,
+        )?);
+        Self::new(spec, identity, source, sinks, dead_letter, checkpoints, telemetry)
+    }
+
+    /// A pipeline over given implementations.
+    pub fn new(
+        spec: &StreamPipelineSpec,
+        identity: RunnerIdentity,
+        source: Box<dyn Source>,
+        sinks: Vec<Box<dyn Sink>>,
+        dead_letter: Box<dyn DeadLetter>,
+        checkpoints: Arc<dyn CheckpointStore>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Self, PipelineError> {
+        let wants_events = sinks.iter().any(|s| s.input() == SinkInput::Events);
+        let engine = Engine::new(spec, wants_events)?;
+        Ok(Self {
+            identity,
+            source,
+            sinks,
+            dead_letter,
+            checkpoints,
+            engine,
+            telemetry,
+            trigger: spec.trigger.interval.as_std(),
+            checkpoint_interval: spec.checkpoint.interval.as_std(),
+            retain_epochs: usize::try_from(spec.checkpoint.retain_epochs).unwrap_or(1).max(1),
+            idle_timeout: spec
+                .window
+                .as_ref()
+                .map_or(Duration::MAX, |w| w.idle_timeout.as_std()),
+            positions: Positions::new(),
+            last_epoch: None,
+            last_checkpoint: None,
+            last_checkpoint_at: Instant::now(),
+            last_active: HashMap::new(),
+            last_idle: Vec::new(),
+            summary: RunSummary::default(),
+        })
+    }
+
+    /// Schema of window rows, when the pipeline has windows.
+    pub fn window_schema(&self) -> Option<arrow::datatypes::SchemaRef> {
+        self.engine.window_schema()
+    }
+
+    /// Runs until the source is exhausted or `stop` turns true; then
+    /// checkpoints and returns. Recovers first: restores the newest
+    /// checkpoint and replays the epochs planned after it.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<RunSummary, PipelineError> {
+        self.open_sinks().await?;
+        let mut delays = retry_delays();
+        let mut last_failure = Instant::now();
+        loop {
+            match self.run_epochs(&mut stop).await {
+                Ok(()) => break,
+                Err(error) if error.is_transient() && !*stop.borrow() => {
+                    // A service that comes back (a restarting broker): report
+                    // it, back off, then resume from the checkpoint exactly as
+                    // after a crash, without exiting.
+                    if last_failure.elapsed() > RETRY_BACKOFF_MAX * 4 {
+                        delays = retry_delays();
+                    }
+                    last_failure = Instant::now();
+                    let delay = delays.next().unwrap_or(RETRY_BACKOFF_MAX);
+                    tracing::warn!(%error, retry_in_seconds = delay.as_secs_f64(), "pipeline interrupted; resuming from the last checkpoint");
+                    self.telemetry.update_status(|s| {
+                        s.ready = false;
+                        s.error = Some(error.to_string());
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if self.last_checkpoint != self.last_epoch {
+            self.checkpoint().await?;
+        }
+        self.summary.last_epoch = self.last_epoch;
+        self.summary.watermark = self.engine.watermark();
+        Ok(self.summary)
+    }
+
+    /// Recovers from the checkpoint store, then runs epochs until the source
+    /// is exhausted or `stop` turns true.
+    async fn run_epochs(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), PipelineError> {
+        self.recover().await?;
+        self.telemetry.update_status(|s| {
+            s.ready = true;
+            s.error = None;
+        });
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let started = Instant::now();
+            let ranges = match self.source.plan(&self.positions).await? {
+                Planned::Exhausted => {
+                    self.summary.exhausted = true;
+                    break;
+                }
+                Planned::Ranges(ranges) => ranges,
+            };
+            let idle = self.idle_partitions(&ranges);
+            let has_data = ranges.iter().any(|r| !r.is_empty());
+            if has_data || self.idle_changed(&idle) {
+                let epoch = self.last_epoch.map_or(0, |e| e + 1);
+                let plan = EpochPlan {
+                    epoch,
+                    ranges,
+                    idle,
+                };
+                self.checkpoints.put_plan(&plan).await?;
+                tracing::info!(epoch, "epoch planned");
+                self.run_epoch(&plan).await?;
+                if self.last_checkpoint_at.elapsed() >= self.checkpoint_interval {
+                    self.checkpoint().await?;
+                }
+            }
+            let wait = self.trigger.saturating_sub(started.elapsed());
+            if !wait.is_zero() || !has_data {
+                // An empty plan already waited in the source; pause a little anyway.
+                let pause = if has_data { wait } else { wait.max(Duration::from_millis(50)) };
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_sinks(&mut self) -> Result<(), PipelineError> {
+        let window_schema = self.engine.window_schema();
+        for sink in &mut self.sinks {
+            let schema = match sink.input() {
+                SinkInput::Windows => window_schema.clone().ok_or_else(|| SinkError::Failed {
+                    sink: sink.name().to_owned(),
+                    message: "reads windows but the pipeline has no spec.window".into(),
+                })?,
+                SinkInput::Events => event_schema(),
+            };
+            sink.open(schema).await?;
+        }
+        Ok(())
+    }
+
+    /// Restores the newest checkpoint, then replays every epoch planned after
+    /// it with exactly its planned ranges.
+    async fn recover(&mut self) -> Result<(), PipelineError> {
+        if let Some(checkpoint) = self.checkpoints.latest_checkpoint().await? {
+            tracing::info!(epoch = checkpoint.epoch, "restoring checkpoint");
+            self.positions = checkpoint.positions;
+            self.engine.restore(checkpoint.state);
+            self.last_epoch = Some(checkpoint.epoch);
+            self.last_checkpoint = Some(checkpoint.epoch);
+            self.set_checkpoint_status(checkpoint.epoch, checkpoint.written_at);
+        } else {
+            // Resuming after a failure without a checkpoint: start over.
+            self.positions.clear();
+            self.engine.restore(Default::default());
+            self.last_epoch = None;
+            self.last_checkpoint = None;
+        }
+        let plans = self.checkpoints.plans_after(self.last_epoch).await?;
+        let expected = self.last_epoch.map_or(0, |e| e + 1);
+        if plans.iter().enumerate().any(|(i, p)| p.epoch != expected + i as u64) {
+            return Err(PipelineError::PlanGap {
+                checkpoint: self.last_epoch,
+                found: plans.iter().map(|p| p.epoch).collect(),
+            });
+        }
+        for plan in plans {
+            tracing::info!(epoch = plan.epoch, "replaying planned epoch");
+            self.run_epoch(&plan).await?;
+            self.summary.replayed_epochs += 1;
+        }
+        if self.summary.replayed_epochs > 0 {
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Partitions with no data now and none for longer than the idle timeout.
+    fn idle_partitions(&mut self, ranges: &[PartitionRange]) -> Vec<PartitionId> {
+        let now = Instant::now();
+        ranges
+            .iter()
+            .filter(|range| {
+                let last = *self.last_active.entry(range.partition.clone()).or_insert(now);
+                if !range.is_empty() {
+                    self.last_active.insert(range.partition.clone(), now);
+                    return false;
+                }
+                now.duration_since(last) >= self.idle_timeout
+            })
+            .map(|range| range.partition.clone())
+            .collect()
+    }
+
+    /// An epoch without data only matters when newly idle partitions let the
+    /// watermark move.
+    fn idle_changed(&self, idle: &[PartitionId]) -> bool {
+        idle != self.last_idle.as_slice()
+    }
+
+    /// Processes one planned epoch and commits its outputs.
+    async fn run_epoch(&mut self, plan: &EpochPlan) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        self.source.start_epoch(&plan.ranges).await?;
+        let mut run = self.engine.begin_epoch(&plan.ranges);
+        while let Some(chunk) = self.source.next_chunk().await? {
+            self.engine.process(&mut run, &chunk);
+        }
+        let output = self.engine.finish_epoch(run, plan)?;
+        let key = |sink: &str| EpochKey {
+            pipeline: self.identity.pipeline.clone(),
+            replica: self.identity.replica,
+            epoch: plan.epoch,
+            sink: sink.to_owned(),
+        };
+        for sink in &mut self.sinks {
+            let rows: Vec<RecordBatch> = match sink.input() {
+                SinkInput::Windows => output.windows.iter().cloned().collect(),
+                SinkInput::Events => output.events.iter().cloned().collect(),
+            };
+            if rows.iter().all(|b| b.num_rows() == 0) {
+                continue;
+            }
+            let outcome = sink.write_epoch(&key(sink.name()), &rows).await?;
+            tracing::debug!(epoch = plan.epoch, sink = sink.name(), ?outcome, "sink written");
+        }
+        if !output.dead.is_empty() {
+            self.dead_letter
+                .write_epoch(&key("dead-letter"), &output.dead)
+                .await?;
+        }
+        for range in &plan.ranges {
+            self.positions.insert(range.partition.clone(), range.end.clone());
+        }
+        self.last_epoch = Some(plan.epoch);
+        self.last_idle.clone_from(&plan.idle);
+        self.record(&output, started.elapsed());
+        tracing::info!(
+            epoch = plan.epoch,
+            records = output.counts.records,
+            windows = output.counts.windows,
+            dead_lettered = output.dead.len(),
+            "epoch committed"
+        );
+        Ok(())
+    }
+
+    /// Writes the checkpoint of the last epoch, then lets the source commit.
+    async fn checkpoint(&mut self) -> Result<(), PipelineError> {
+        let Some(epoch) = self.last_epoch else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let checkpoint = Checkpoint {
+            epoch,
+            positions: self.positions.clone(),
+            state: self.engine.snapshot(),
+            written_at: jiff::Timestamp::now().to_string(),
+        };
+        self.checkpoints.put_checkpoint(&checkpoint).await?;
+        self.telemetry
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.last_checkpoint = Some(epoch);
+        self.last_checkpoint_at = Instant::now();
+        self.set_checkpoint_status(epoch, checkpoint.written_at);
+        self.source.commit(&self.positions).await?;
+        tracing::info!(epoch, "checkpoint written");
+        // Old checkpoints go in the background; a failure only delays their removal.
+        let (store, keep) = (self.checkpoints.clone(), self.retain_epochs);
+        tokio::spawn(async move {
+            if let Err(error) = store.prune(keep).await {
+                tracing::warn!(%error, "cannot delete old checkpoints");
+            }
+        });
+        Ok(())
+    }
+
+    fn set_checkpoint_status(&self, epoch: u64, time: String) {
+        let uri = self.checkpoints.uri();
+        self.telemetry.update_status(|s| {
+            s.last_checkpoint = Some(CheckpointStatus {
+                epoch: epoch as i64,
+                time,
+                uri,
+            });
+        });
+    }
+
+    /// Updates metrics and status after an epoch.
+    fn record(&mut self, output: &EpochOutput, took: Duration) {
+        let counts = output.counts;
+        let t = &self.telemetry;
+        t.epochs.inc();
+        t.epoch_seconds.observe(took.as_secs_f64());
+        t.events_processed.inc_by(counts.records);
+        t.late_events.inc_by(counts.late);
+        t.filtered_events.inc_by(counts.filtered);
+        t.windows_emitted.inc_by(counts.windows);
+        for (reason, n) in [
+            ("malformed", counts.malformed),
+            ("transform", counts.transform_failed),
+            ("late", counts.late),
+        ] {
+            if n > 0 {
+                t.dead_lettered.with_label_values(&[reason]).inc_by(n);
+            }
+        }
+        t.open_window_entries.set(self.engine.open_entries() as i64);
+        let watermark = self.engine.watermark();
+        if let Some(watermark) = watermark {
+            let now = jiff::Timestamp::now().as_millisecond();
+            t.watermark_lag_seconds.set((now - watermark) as f64 / 1000.0);
+        }
+        let backlog = self.source.backlog();
+        if let Some(backlog) = &backlog {
+            for b in backlog {
+                let labels = [b.partition.stream.as_str(), &b.partition.partition.to_string()];
+                t.consumer_lag.with_label_values(&labels).set(b.records);
+                t.consumer_lag_seconds.with_label_values(&labels).set(b.seconds);
+            }
+        }
+        let total = &mut self.summary.counts;
+        total.records += counts.records;
+        total.malformed += counts.malformed;
+        total.transform_failed += counts.transform_failed;
+        total.filtered += counts.filtered;
+        total.late += counts.late;
+        total.windows += counts.windows;
+        let rate = counts.records as f64 / took.as_secs_f64().max(1e-9);
+        let dead = counts.malformed + counts.transform_failed + counts.late;
+        let last_epoch = self.last_epoch;
+        let summary = self.summary.counts;
+        t.update_status(|s| {
+            s.committed_epoch = last_epoch.map(|e| e as i64);
+            s.watermark = watermark.map(rfc3339);
+            s.events_per_second = rate;
+            s.dead_letter_per_second = dead as f64 / took.as_secs_f64().max(1e-9);
+            s.events_total = summary.records;
+            s.dead_letter_total = summary.malformed + summary.transform_failed + summary.late;
+            s.windows_emitted_total = summary.windows;
+            s.partitions = backlog
+                .unwrap_or_default()
+                .into_iter()
+                .map(|b| PartitionLag {
+                    topic: b.partition.stream,
+                    partition: b.partition.partition,
+                    records: b.records,
+                    seconds: b.seconds,
+                })
+                .collect();
+        });
+    }
+}

@@ -1,0 +1,203 @@
+//! Where results go. A sink receives one epoch's rows at a time as Arrow
+//! record batches (Delta writes them as Parquet; JSON sinks turn them into
+//! JSON objects with `arrow_json`, see [`rows_as_json`]) and must write them
+//! exactly once per [`EpochKey`]: after a crash the runner replays the epoch
+//! with identical rows, and the sink must recognise it (Delta: transaction
+//! identifier; ClickHouse: a deduplication token or ReplacingMergeTree on the
+//! row identity; Elasticsearch: document ids from [`row_ids`]).
+//!
+//! Window rows have the columns `window_start`, `window_end` (UTC timestamps
+//! in microseconds), one nullable UTF-8 column per `groupBy` field (named after
+//! the field, dots replaced by `_`), then one column per aggregation (`count`:
+//! Int64; `sum`, `min`, `max`, `avg`: nullable Float64). A window row's
+//! identity is its start, end and group columns: its timestamp and string
+//! columns.
+//!
+//! Event rows (`input: events`) have the columns [`EVENT_COLUMNS`]: `stream`,
+//! `partition`, `offset` (the row identity), `event_time`, and `event`, the
+//! event as a JSON object (after transforms).
+
+pub mod clickhouse;
+pub mod delta;
+pub mod elasticsearch;
+mod stdout;
+
+use std::sync::Arc;
+
+use arrow::{
+    array::{Array, RecordBatch},
+    datatypes::{DataType, SchemaRef},
+    error::ArrowError,
+};
+use async_trait::async_trait;
+use sluice_crds::{SinkInput, SinkSpec};
+
+use crate::{secrets::Secrets, telemetry::SinkMetrics};
+
+pub use self::{
+    clickhouse::ClickHouseSink, delta::DeltaSink, elasticsearch::ElasticsearchSink, stdout::StdoutSink,
+};
+
+/// The columns of event rows; the first three identify a row.
+pub const EVENT_COLUMNS: [&str; 5] = ["stream", "partition", "offset", "event_time", "event"];
+
+/// Identifies one epoch's output of one sink; a sink writes each key at most once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EpochKey {
+    /// The pipeline's uid (stable across restarts, new for a new pipeline).
+    pub pipeline: String,
+    /// Replica index; each replica has its own epoch sequence.
+    pub replica: u32,
+    /// Epoch number, increasing by one per epoch.
+    pub epoch: u64,
+    /// Sink name from the spec.
+    pub sink: String,
+}
+
+impl EpochKey {
+    /// One string naming the (pipeline, replica, sink) lineage, for sinks that
+    /// track the last epoch they hold per writer (Delta's transaction app id).
+    pub fn writer_id(&self) -> String {
+        format!("sluice-{}-{}-{}", self.pipeline, self.replica, self.sink)
+    }
+
+    /// One string naming this exact write, for sinks that deduplicate by token.
+    pub fn token(&self) -> String {
+        format!("{}-{}", self.writer_id(), self.epoch)
+    }
+}
+
+/// What a sink did with an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The rows were written.
+    Written { rows: usize },
+    /// The sink already held this epoch (a replay after a crash); nothing written.
+    AlreadyCommitted,
+}
+
+/// Why a sink failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {sink}: {message}")]
+    Failed { sink: String, message: String },
+    #[error("sink {sink}: {error}")]
+    Arrow { sink: String, error: ArrowError },
+    #[error("sink {sink}: {error}")]
+    Delta {
+        sink: String,
+        error: deltalake::DeltaTableError,
+    },
+    #[error("sink kind {0} is not available in this build")]
+    NotBuilt(&'static str),
+}
+
+/// One output of the pipeline.
+#[async_trait]
+pub trait Sink: Send {
+    /// The sink's name from the spec.
+    fn name(&self) -> &str;
+
+    /// Which rows it wants.
+    fn input(&self) -> SinkInput;
+
+    /// Prepares the destination for rows of `schema` (creates a Delta table,
+    /// checks that a ClickHouse table answers). Called once before any write.
+    async fn open(&mut self, schema: SchemaRef) -> Result<(), SinkError>;
+
+    /// Writes one epoch's rows (possibly none), unless the sink already holds
+    /// `key`. Must be atomic per epoch or idempotent per row identity.
+    async fn write_epoch(
+        &mut self,
+        key: &EpochKey,
+        rows: &[RecordBatch],
+    ) -> Result<WriteOutcome, SinkError>;
+}
+
+/// Builds the sinks a spec names.
+pub fn from_spec(spec: &SinkSpec, metrics: &SinkMetrics) -> Result<Box<dyn Sink>, SinkError> {
+    if let Some(delta) = &spec.delta {
+        return Ok(Box::new(DeltaSink::new(&spec.name, spec.input, delta)));
+    }
+    if spec.stdout.is_some() {
+        return Ok(Box::new(StdoutSink::new(&spec.name, spec.input)));
+    }
+    if let Some(clickhouse) = &spec.clickhouse {
+        let meter = metrics.meter(&spec.name);
+        let sink = ClickHouseSink::new(&spec.name, spec.input, clickhouse, &Secrets::from_env(), meter)?;
+        return Ok(Box::new(sink));
+    }
+    if let Some(elasticsearch) = &spec.elasticsearch {
+        let meter = metrics.meter(&spec.name);
+        let sink = ElasticsearchSink::new(&spec.name, spec.input, elasticsearch, &Secrets::from_env(), meter)?;
+        return Ok(Box::new(sink));
+    }
+    Err(SinkError::Failed {
+        sink: spec.name.clone(),
+        message: "no sink kind is set".into(),
+    })
+}
+
+/// The rows as JSON objects, one per line (ClickHouse `JSONEachRow`, the
+/// documents of an Elasticsearch `_bulk` request, stdout). Timestamps are
+/// RFC 3339 strings.
+pub fn rows_as_json(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    Ok(writer.into_inner())
+}
+
+/// A stable identity per row (`window_start/window_end/group values` for
+/// window rows, `stream/partition/offset` for event rows), usable as an
+/// Elasticsearch document id; values are percent-style escaped so the parts
+/// cannot run together.
+pub fn row_ids(batch: &RecordBatch) -> Result<Vec<String>, ArrowError> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+    let schema = batch.schema();
+    let columns: Vec<Arc<dyn Array>> = if schema.index_of("event").is_ok() {
+        EVENT_COLUMNS[..3]
+            .iter()
+            .map(|name| batch.column_by_name(name).cloned())
+            .collect::<Option<_>>()
+            .ok_or_else(|| ArrowError::SchemaError("event rows lack id columns".into()))?
+    } else {
+        schema
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .filter(|(field, _)| {
+                matches!(field.data_type(), DataType::Utf8 | DataType::Timestamp(..))
+            })
+            .map(|(_, column)| column.clone())
+            .collect()
+    };
+    let options = FormatOptions::default().with_null("\u{0}");
+    let formatters = columns
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((0..batch.num_rows())
+        .map(|row| {
+            formatters
+                .iter()
+                .map(|f| escape_id_part(&f.value(row).to_string()))
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect())
+}
+
+fn escape_id_part(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    for c in part.chars() {
+        match c {
+            '/' | '%' | '\u{0}' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}

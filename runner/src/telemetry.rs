@@ -1,0 +1,203 @@
+//! Prometheus metrics (prefix `sluice_`) and the `/status` document, shared
+//! between the pipeline loop, the HTTP server and the terminal progress line.
+
+use std::sync::{Mutex, PoisonError};
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, exponential_buckets,
+};
+use sluice_crds::RunnerStatus;
+
+pub struct Telemetry {
+    pub registry: Registry,
+    pub events_processed: IntCounter,
+    pub dead_lettered: IntCounterVec,
+    pub late_events: IntCounter,
+    pub filtered_events: IntCounter,
+    pub windows_emitted: IntCounter,
+    pub epochs: IntCounter,
+    pub epoch_seconds: Histogram,
+    pub checkpoint_seconds: Histogram,
+    pub watermark_lag_seconds: prometheus::Gauge,
+    pub consumer_lag: IntGaugeVec,
+    pub consumer_lag_seconds: prometheus::GaugeVec,
+    pub open_window_entries: IntGauge,
+    pub sinks: SinkMetrics,
+    status: Mutex<RunnerStatus>,
+}
+
+/// Why metrics could not be registered (a programming error, reported at start).
+pub type TelemetryError = prometheus::Error;
+
+impl Telemetry {
+    pub fn new(replica: u32, replicas: u32) -> Result<Self, TelemetryError> {
+        let registry = Registry::new_custom(Some("sluice".into()), None)?;
+        let counter = |name: &str, help: &str| -> Result<IntCounter, TelemetryError> {
+            let counter = IntCounter::new(name, help)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        let histogram = |name: &str, help: &str| -> Result<Histogram, TelemetryError> {
+            let buckets = exponential_buckets(0.001, 2.0, 16)?;
+            let histogram = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+            registry.register(Box::new(histogram.clone()))?;
+            Ok(histogram)
+        };
+        let dead_lettered = IntCounterVec::new(
+            Opts::new("dead_lettered_events_total", "Events sent to the dead-letter output (or dropped, for late events with lateEvents: drop), by reason"),
+            &["reason"],
+        )?;
+        registry.register(Box::new(dead_lettered.clone()))?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("consumer_lag_records", "Records between the last planned position and the end of each source partition"),
+            &["stream", "partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        let consumer_lag_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "consumer_lag_seconds",
+                "While a source partition has unread records: wall-clock time minus the timestamp of the last record read",
+            ),
+            &["stream", "partition"],
+        )?;
+        registry.register(Box::new(consumer_lag_seconds.clone()))?;
+        let watermark_lag_seconds = prometheus::Gauge::new(
+            "watermark_lag_seconds",
+            "Wall-clock time minus the event-time watermark",
+        )?;
+        registry.register(Box::new(watermark_lag_seconds.clone()))?;
+        let open_window_entries = IntGauge::new(
+            "open_window_entries",
+            "Open (pane or session, key) entries held in window state",
+        )?;
+        registry.register(Box::new(open_window_entries.clone()))?;
+        Ok(Self {
+            events_processed: counter("events_processed_total", "Records read from the source and processed")?,
+            late_events: counter("late_events_total", "Events older than the watermark in force")?,
+            filtered_events: counter("filtered_events_total", "Events dropped by filter transforms")?,
+            windows_emitted: counter("windows_emitted_total", "Window rows emitted")?,
+            epochs: counter("epochs_total", "Epochs (micro-batches) completed")?,
+            epoch_seconds: histogram("epoch_processing_seconds", "Time to process one epoch, from reading to committed sinks")?,
+            checkpoint_seconds: histogram("checkpoint_duration_seconds", "Time to write one checkpoint")?,
+            watermark_lag_seconds,
+            consumer_lag,
+            consumer_lag_seconds,
+            open_window_entries,
+            dead_lettered,
+            sinks: SinkMetrics::register(&registry)?,
+            registry,
+            status: Mutex::new(RunnerStatus {
+                replica,
+                replicas,
+                ..RunnerStatus::default()
+            }),
+        })
+    }
+
+    /// A copy of the current status.
+    pub fn status(&self) -> RunnerStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the status in place.
+    pub fn update_status(&self, change: impl FnOnce(&mut RunnerStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# cannot encode metrics: {e}\n"))
+    }
+}
+
+/// Request metrics of the sinks that talk HTTP, labelled by sink name.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    rows_written: IntCounterVec,
+    requests: IntCounterVec,
+    retries: IntCounterVec,
+    item_retries: IntCounterVec,
+    item_failures: IntCounterVec,
+    request_seconds: HistogramVec,
+}
+
+impl SinkMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, TelemetryError> {
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, TelemetryError> {
+            let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("sink_request_duration_seconds", "Time of one sink request (an INSERT, a _bulk call)")
+                .buckets(exponential_buckets(0.001, 2.0, 16)?),
+            &["sink"],
+        )?;
+        registry.register(Box::new(request_seconds.clone()))?;
+        Ok(Self {
+            rows_written: counter("sink_rows_written_total", "Rows a sink wrote (replays included)", &["sink"])?,
+            requests: counter(
+                "sink_requests_total",
+                "Sink requests by outcome: ok, transient (retried) or permanent (failed)",
+                &["sink", "outcome"],
+            )?,
+            retries: counter("sink_retries_total", "Sink requests sent again after a transient failure", &["sink"])?,
+            item_retries: counter(
+                "sink_item_retries_total",
+                "Documents refused with 429/5xx inside a successful bulk request and sent again",
+                &["sink"],
+            )?,
+            item_failures: counter(
+                "sink_item_failures_total",
+                "Documents refused for good (4xx) inside a bulk request; each fails its epoch",
+                &["sink"],
+            )?,
+            request_seconds,
+        })
+    }
+
+    /// The metrics of one sink.
+    pub fn meter(&self, sink: &str) -> SinkMeter {
+        SinkMeter {
+            rows_written: self.rows_written.with_label_values(&[sink]),
+            requests_ok: self.requests.with_label_values(&[sink, "ok"]),
+            requests_transient: self.requests.with_label_values(&[sink, "transient"]),
+            requests_permanent: self.requests.with_label_values(&[sink, "permanent"]),
+            retries: self.retries.with_label_values(&[sink]),
+            item_retries: self.item_retries.with_label_values(&[sink]),
+            item_failures: self.item_failures.with_label_values(&[sink]),
+            request_seconds: self.request_seconds.with_label_values(&[sink]),
+        }
+    }
+}
+
+/// [`SinkMetrics`] of one sink.
+#[derive(Clone)]
+pub struct SinkMeter {
+    pub rows_written: IntCounter,
+    pub requests_ok: IntCounter,
+    pub requests_transient: IntCounter,
+    pub requests_permanent: IntCounter,
+    pub retries: IntCounter,
+    pub item_retries: IntCounter,
+    pub item_failures: IntCounter,
+    pub request_seconds: Histogram,
+}
+
+impl SinkMeter {
+    /// Counts a failed request by kind and hands the failure on.
+    pub fn failure(&self, failure: crate::http::Failure) -> crate::http::Failure {
+        match &failure {
+            crate::http::Failure::Transient { .. } => self.requests_transient.inc(),
+            crate::http::Failure::Permanent { .. } => self.requests_permanent.inc(),
+        }
+        failure
+    }
+}

@@ -1,0 +1,221 @@
+//! Transforms: CEL filters and computed fields, applied in order to the
+//! decoded fields of each event. Top-level fields are CEL variables
+//! (`event_type != 'heartbeat'`); `event` is the whole event as a map. CEL is
+//! strictly typed: JSON numbers with a fraction or exponent are doubles, others
+//! ints, so write `value * 100.0` for a double field.
+
+use std::{borrow::Cow, sync::Arc};
+
+use cel::{Context, Program, Value};
+use sluice_crds::Transform;
+
+use crate::decode::FieldValue;
+
+/// Name of the CEL variable holding the whole event.
+pub const EVENT_VARIABLE: &str = "event";
+
+/// Why a transform could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    #[error("spec.transforms[{index}]: invalid CEL expression {expression:?}: {message}")]
+    Compile {
+        index: usize,
+        expression: String,
+        message: String,
+    },
+    #[error("spec.transforms[{index}].dedup is not supported yet")]
+    Unsupported { index: usize },
+}
+
+enum Step {
+    Filter(Program),
+    Compute { slot: usize, program: Program },
+}
+
+struct CompiledStep {
+    step: Step,
+    /// Slots of the top-level fields the expression reads, with their names.
+    variables: Vec<(String, usize)>,
+    reads_event: bool,
+    expression: String,
+}
+
+/// The transforms of a pipeline, compiled.
+pub struct Transforms {
+    steps: Vec<CompiledStep>,
+}
+
+/// What the transforms decided for one event.
+pub enum Outcome {
+    Keep,
+    Drop,
+}
+
+/// The fields a set of transforms reads or writes, found by compiling them;
+/// the decoder must provide slots for all of them.
+pub fn referenced_fields(transforms: &[Transform]) -> Result<Vec<String>, TransformError> {
+    let mut fields = Vec::new();
+    for (index, transform) in transforms.iter().enumerate() {
+        let (expression, target) = expression_of(index, transform)?;
+        let program = compile(index, expression)?;
+        let references = program.references();
+        let mut variables: Vec<String> = references
+            .variables()
+            .into_iter()
+            .filter(|v| *v != EVENT_VARIABLE)
+            .map(str::to_owned)
+            .collect();
+        variables.sort();
+        fields.extend(variables);
+        fields.extend(target.map(str::to_owned));
+    }
+    Ok(fields)
+}
+
+fn expression_of(index: usize, transform: &Transform) -> Result<(&str, Option<&str>), TransformError> {
+    match (&transform.filter, &transform.compute) {
+        (Some(filter), _) => Ok((filter, None)),
+        (None, Some(compute)) => Ok((&compute.expression, Some(&compute.field))),
+        (None, None) => Err(TransformError::Unsupported { index }),
+    }
+}
+
+fn compile(index: usize, expression: &str) -> Result<Program, TransformError> {
+    Program::compile(expression).map_err(|e| TransformError::Compile {
+        index,
+        expression: expression.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl Transforms {
+    /// Compiles `transforms`; `slot` maps a field path to its decoder slot
+    /// (every field from [`referenced_fields`] has one).
+    pub fn new(
+        transforms: &[Transform],
+        slot: impl Fn(&str) -> Option<usize>,
+    ) -> Result<Self, TransformError> {
+        let mut steps = Vec::with_capacity(transforms.len());
+        for (index, transform) in transforms.iter().enumerate() {
+            let (expression, target) = expression_of(index, transform)?;
+            let program = compile(index, expression)?;
+            let references = program.references();
+            let reads_event = references.has_variable(EVENT_VARIABLE);
+            let variables = references
+                .variables()
+                .into_iter()
+                .filter(|v| *v != EVENT_VARIABLE)
+                .filter_map(|v| Some((v.to_owned(), slot(v)?)))
+                .collect();
+            let step = match target {
+                None => Step::Filter(program),
+                Some(field) => Step::Compute {
+                    slot: slot(field).ok_or_else(|| TransformError::Compile {
+                        index,
+                        expression: expression.to_owned(),
+                        message: format!("no slot for computed field {field}"),
+                    })?,
+                    program,
+                },
+            };
+            steps.push(CompiledStep {
+                step,
+                variables,
+                reads_event,
+                expression: expression.to_owned(),
+            });
+        }
+        Ok(Self { steps })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Applies the transforms to one event's fields (computed fields replace
+    /// their slot). `event` is the raw event, parsed only when an expression
+    /// reads `event`. Returns why an expression failed, as a dead-letter reason.
+    pub fn apply<'a>(
+        &self,
+        event: &[u8],
+        fields: &mut [FieldValue<'a>],
+    ) -> Result<Outcome, String> {
+        for step in &self.steps {
+            let mut context = Context::default();
+            for (name, slot) in &step.variables {
+                if let Some(value) = to_cel(&fields[*slot])? {
+                    context.add_variable_from_value(name.as_str(), value);
+                }
+            }
+            if step.reads_event {
+                let whole: serde_json::Value = serde_json::from_slice(event)
+                    .map_err(|e| format!("invalid JSON: {e}"))?;
+                context
+                    .add_variable(EVENT_VARIABLE, whole)
+                    .map_err(|e| format!("cannot read the event: {e}"))?;
+            }
+            let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", step.expression);
+            match &step.step {
+                Step::Filter(program) => match program.execute(&context) {
+                    Ok(Value::Bool(true)) => {}
+                    Ok(Value::Bool(false)) => return Ok(Outcome::Drop),
+                    Ok(other) => {
+                        return Err(failed(&format!(
+                            "a filter must be true or false, not {:?}",
+                            other.type_of()
+                        )));
+                    }
+                    Err(e) => return Err(failed(&e)),
+                },
+                Step::Compute { slot, program } => {
+                    let value = program.execute(&context).map_err(|e| failed(&e))?;
+                    fields[*slot] = from_cel(value).map_err(|e| failed(&e))?;
+                }
+            }
+        }
+        Ok(Outcome::Keep)
+    }
+}
+
+/// A field as a CEL value; `None` for a missing field (an unbound variable).
+fn to_cel(value: &FieldValue<'_>) -> Result<Option<Value>, String> {
+    Ok(Some(match value {
+        FieldValue::Missing => return Ok(None),
+        FieldValue::Null => Value::Null,
+        FieldValue::Bool(b) => Value::Bool(*b),
+        FieldValue::Int(i) => Value::Int(*i),
+        FieldValue::Float(f) => Value::Float(*f),
+        FieldValue::Str(s) => Value::String(Arc::new(s.to_string())),
+        FieldValue::Json(text) => {
+            let json: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+            let mut context = Context::default();
+            context
+                .add_variable("v", json)
+                .map_err(|e| format!("cannot convert a field: {e}"))?;
+            return Program::compile("v")
+                .map_err(|e| e.to_string())?
+                .execute(&context)
+                .map(Some)
+                .map_err(|e| e.to_string());
+        }
+    }))
+}
+
+/// A CEL result as a field value.
+fn from_cel(value: Value) -> Result<FieldValue<'static>, String> {
+    Ok(match value {
+        Value::Null => FieldValue::Null,
+        Value::Bool(b) => FieldValue::Bool(b),
+        Value::Int(i) => FieldValue::Int(i),
+        Value::UInt(u) => FieldValue::Int(i64::try_from(u).map_err(|e| e.to_string())?),
+        Value::Float(f) => FieldValue::Float(f),
+        Value::String(s) => FieldValue::Str(Cow::Owned(s.to_string())),
+        other => {
+            let json = other
+                .json()
+                .map_err(|e| format!("cannot store a {:?}: {e:?}", other.type_of()))?;
+            FieldValue::Json(Cow::Owned(json.to_string()))
+        }
+    })
+}

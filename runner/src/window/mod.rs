@@ -1,0 +1,468 @@
+//! Event-time windows, per-window per-key aggregate state and the watermark.
+//!
+//! Tumbling and sliding windows keep state per *pane*: slices of event time
+//! `gcd(size, slide)` wide. An event updates exactly one pane; a window is
+//! the merge of its `size / pane` panes when it is emitted. So the cost per
+//! event does not grow with `size / slide`, and memory is proportional to the
+//! open panes × keys (at most the open windows × keys). Session windows keep a
+//! list of open sessions per key.
+//!
+//! An event is *late* when its time is before the watermark in force for its
+//! epoch. At the end of an epoch the watermark becomes the minimum, over the
+//! epoch's non-idle partitions, of each partition's maximum event time minus
+//! the allowed delay (never moving backwards), and every window whose end is
+//! at or before it is emitted, exactly once.
+
+mod aggregate;
+mod key;
+mod output;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use sluice_crds::WindowSpec;
+
+pub use self::{
+    aggregate::{Accumulator, AggregateKind},
+    key::GroupKey,
+    output::WindowRows,
+};
+use crate::source::PartitionId;
+
+type KeyedAccumulators = HashMap<GroupKey, Box<[Accumulator]>, ahash::RandomState>;
+
+/// The shape of windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    /// `size` long windows starting every `slide` (tumbling: `slide == size`),
+    /// aligned to the Unix epoch; state kept per `pane`.
+    Sliding { size: i64, slide: i64, pane: i64 },
+    /// Per key, events closer than `gap` form one window `[first, last + gap)`.
+    Session { gap: i64 },
+}
+
+impl WindowKind {
+    pub fn from_spec(spec: &WindowSpec) -> Option<Self> {
+        let sliding = |size: i64, slide: i64| Self::Sliding {
+            size,
+            slide,
+            pane: gcd(size, slide),
+        };
+        if let Some(tumbling) = &spec.tumbling {
+            let size = tumbling.size.as_millis_i64();
+            return (size > 0).then(|| sliding(size, size));
+        }
+        if let Some(window) = &spec.sliding {
+            let (size, slide) = (window.size.as_millis_i64(), window.slide.as_millis_i64());
+            return (size > 0 && slide > 0 && slide <= size).then(|| sliding(size, slide));
+        }
+        let gap = spec.session.as_ref()?.gap.as_millis_i64();
+        (gap > 0).then_some(Self::Session { gap })
+    }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// One open session of one key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Session {
+    start: i64,
+    end: i64,
+    accumulators: Box<[Accumulator]>,
+}
+
+/// Open windows of one pipeline replica and its watermark.
+pub struct Windows {
+    kind: WindowKind,
+    delay: i64,
+    aggregates: Vec<AggregateKind>,
+    watermark: Option<i64>,
+    partition_max: BTreeMap<PartitionId, i64>,
+    panes: BTreeMap<i64, KeyedAccumulators>,
+    sessions: HashMap<GroupKey, Vec<Session>, ahash::RandomState>,
+}
+
+/// The windows' durable form, inside a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowState {
+    /// Milliseconds since the Unix epoch; absent before the first event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<i64>,
+    /// Largest event time seen per partition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_max: Vec<(PartitionId, i64)>,
+    /// Open panes: start, then (group key, accumulators) per key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    panes: Vec<(i64, Vec<(GroupKey, Box<[Accumulator]>)>)>,
+    /// Open sessions per key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sessions: Vec<(GroupKey, Vec<Session>)>,
+}
+
+impl Windows {
+    pub fn new(kind: WindowKind, delay: i64, aggregates: Vec<AggregateKind>) -> Self {
+        Self {
+            kind,
+            delay,
+            aggregates,
+            watermark: None,
+            partition_max: BTreeMap::new(),
+            panes: BTreeMap::new(),
+            sessions: HashMap::default(),
+        }
+    }
+
+    /// The watermark in force, in milliseconds since the Unix epoch.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// True when an event at `time` is late for the watermark in force.
+    pub fn is_late(&self, time: i64) -> bool {
+        self.watermark.is_some_and(|watermark| time < watermark)
+    }
+
+    pub fn aggregates(&self) -> &[AggregateKind] {
+        &self.aggregates
+    }
+
+    /// Adds one (non-late) event: its time, group key and the aggregation
+    /// inputs, one per aggregate (`None` when the event lacks the field).
+    pub fn add(&mut self, time: i64, key: &[u8], inputs: &[Option<f64>]) {
+        match self.kind {
+            WindowKind::Sliding { pane, .. } => {
+                let start = time.div_euclid(pane) * pane;
+                let keyed = self.panes.entry(start).or_default();
+                let accumulators = match keyed.get_mut(key) {
+                    Some(accumulators) => accumulators,
+                    None => keyed
+                        .entry(GroupKey::from_bytes(key))
+                        .or_insert_with(|| aggregate::empty(&self.aggregates)),
+                };
+                aggregate::update(accumulators, inputs);
+            }
+            WindowKind::Session { gap } => {
+                let sessions = match self.sessions.get_mut(key) {
+                    Some(sessions) => sessions,
+                    None => self.sessions.entry(GroupKey::from_bytes(key)).or_default(),
+                };
+                let mut merged = Session {
+                    start: time,
+                    end: time + gap,
+                    accumulators: aggregate::empty(&self.aggregates),
+                };
+                aggregate::update(&mut merged.accumulators, inputs);
+                sessions.retain(|session| {
+                    let overlaps = session.start < merged.end && merged.start < session.end;
+                    if overlaps {
+                        merged.start = merged.start.min(session.start);
+                        merged.end = merged.end.max(session.end);
+                        aggregate::merge(&mut merged.accumulators, &session.accumulators);
+                    }
+                    !overlaps
+                });
+                let at = sessions.partition_point(|s| s.start < merged.start);
+                sessions.insert(at, merged);
+            }
+        }
+    }
+
+    /// Ends an epoch: records each partition's maximum event time in it,
+    /// advances the watermark over the non-idle partitions of the epoch, and
+    /// returns the windows that closed, ordered by start, end and key.
+    pub fn advance(
+        &mut self,
+        epoch_max: &[(PartitionId, Option<i64>)],
+        idle: &[PartitionId],
+    ) -> Vec<(i64, i64, GroupKey, Box<[Accumulator]>)> {
+        for (partition, max) in epoch_max {
+            if let Some(max) = max {
+                let entry = self.partition_max.entry(partition.clone()).or_insert(*max);
+                *entry = (*entry).max(*max);
+            }
+        }
+        let candidate = epoch_max
+            .iter()
+            .filter(|(partition, _)| !idle.contains(partition))
+            .filter_map(|(partition, _)| self.partition_max.get(partition))
+            .min()
+            .map(|max| max.saturating_sub(self.delay));
+        let previous = self.watermark;
+        let Some(watermark) = candidate.max(previous) else {
+            return Vec::new();
+        };
+        self.watermark = Some(watermark);
+        match self.kind {
+            WindowKind::Sliding { size, slide, .. } => {
+                self.close_sliding(size, slide, previous, watermark)
+            }
+            WindowKind::Session { .. } => self.close_sessions(watermark),
+        }
+    }
+
+    fn close_sliding(
+        &mut self,
+        size: i64,
+        slide: i64,
+        previous: Option<i64>,
+        watermark: i64,
+    ) -> Vec<(i64, i64, GroupKey, Box<[Accumulator]>)> {
+        let mut closed = Vec::new();
+        let Some(&first_pane) = self.panes.keys().next() else {
+            return closed;
+        };
+        // The first window holding `time`, and the last window ending by `watermark`.
+        let first_start_after = |time: i64| (time - size).div_euclid(slide) * slide + slide;
+        let last_start = (watermark - size).div_euclid(slide) * slide;
+        let mut start = first_start_after(first_pane);
+        if let Some(previous) = previous {
+            start = start.max(first_start_after(previous));
+        }
+        while start <= last_start {
+            let mut merged: BTreeMap<&GroupKey, Box<[Accumulator]>> = BTreeMap::new();
+            for keyed in self.panes.range(start..start + size).map(|(_, keyed)| keyed) {
+                for (key, accumulators) in keyed {
+                    match merged.get_mut(key) {
+                        Some(total) => aggregate::merge(total, accumulators),
+                        None => {
+                            merged.insert(key, accumulators.clone());
+                        }
+                    }
+                }
+            }
+            if merged.is_empty() {
+                // Jump to the first window holding the next pane.
+                match self.panes.range(start + size..).next() {
+                    Some((&pane, _)) => start = first_start_after(pane).max(start + slide),
+                    None => break,
+                }
+                continue;
+            }
+            closed.extend(
+                merged
+                    .into_iter()
+                    .map(|(key, accumulators)| (start, start + size, key.clone(), accumulators)),
+            );
+            start += slide;
+        }
+        // No window still to be emitted starts before `last_start + slide`.
+        self.panes = self.panes.split_off(&(last_start + slide));
+        closed
+    }
+
+    fn close_sessions(&mut self, watermark: i64) -> Vec<(i64, i64, GroupKey, Box<[Accumulator]>)> {
+        let mut closed = Vec::new();
+        self.sessions.retain(|key, sessions| {
+            sessions.retain(|session| {
+                let done = session.end <= watermark;
+                if done {
+                    closed.push((
+                        session.start,
+                        session.end,
+                        key.clone(),
+                        session.accumulators.clone(),
+                    ));
+                }
+                !done
+            });
+            !sessions.is_empty()
+        });
+        closed.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        closed
+    }
+
+    /// Open windows' state, for a checkpoint.
+    pub fn snapshot(&self) -> WindowState {
+        let sort = |mut keyed: Vec<(GroupKey, Box<[Accumulator]>)>| {
+            keyed.sort_by(|a, b| a.0.cmp(&b.0));
+            keyed
+        };
+        let mut sessions: Vec<_> = self
+            .sessions
+            .iter()
+            .map(|(key, sessions)| (key.clone(), sessions.clone()))
+            .collect();
+        sessions.sort_by(|a, b| a.0.cmp(&b.0));
+        WindowState {
+            watermark: self.watermark,
+            partition_max: self.partition_max.iter().map(|(p, t)| (p.clone(), *t)).collect(),
+            panes: self
+                .panes
+                .iter()
+                .map(|(start, keyed)| {
+                    (*start, sort(keyed.iter().map(|(k, a)| (k.clone(), a.clone())).collect()))
+                })
+                .collect(),
+            sessions,
+        }
+    }
+
+    /// Replaces the state with a checkpoint's.
+    pub fn restore(&mut self, state: WindowState) {
+        self.watermark = state.watermark;
+        self.partition_max = state.partition_max.into_iter().collect();
+        self.panes = state
+            .panes
+            .into_iter()
+            .map(|(start, keyed)| (start, keyed.into_iter().collect()))
+            .collect();
+        self.sessions = state.sessions.into_iter().collect();
+    }
+
+    /// Number of (pane or session, key) entries held, for metrics.
+    pub fn open_entries(&self) -> usize {
+        self.panes.values().map(HashMap::len).sum::<usize>()
+            + self.sessions.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn partition() -> PartitionId {
+        PartitionId::new("p", 0)
+    }
+
+    fn key(text: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        GroupKey::encode_value(&crate::decode::FieldValue::Str(text.into()), &mut out);
+        out
+    }
+
+    fn counts(closed: &[(i64, i64, GroupKey, Box<[Accumulator]>)]) -> Vec<(i64, i64, String, i64)> {
+        closed
+            .iter()
+            .map(|(s, e, k, a)| (*s / MIN, *e / MIN, k.values()[0].unwrap().to_owned(), a[0].count().unwrap()))
+            .collect()
+    }
+
+    fn sliding(size: i64, slide: i64, delay: i64) -> Windows {
+        let spec: WindowSpec = serde_json::from_value(serde_json::json!({
+            "sliding": {"size": format!("{size}m"), "slide": format!("{slide}m")},
+            "watermark": format!("{delay}m"),
+            "aggregations": [{"name": "n", "count": {}}],
+        }))
+        .unwrap();
+        Windows::new(WindowKind::from_spec(&spec).unwrap(), delay * MIN, vec![AggregateKind::Count])
+    }
+
+    #[test]
+    fn an_event_counts_in_every_sliding_window_that_holds_it() {
+        let mut windows = sliding(5, 1, 0);
+        windows.add(7 * MIN + 30_000, &key("a"), &[Some(1.0)]);
+        let closed = windows.advance(&[(partition(), Some(20 * MIN))], &[]);
+        let starts: Vec<i64> = counts(&closed).iter().map(|c| c.0).collect();
+        assert_eq!(starts, vec![3, 4, 5, 6, 7]);
+        assert!(counts(&closed).iter().all(|c| c.1 - c.0 == 5 && c.3 == 1));
+    }
+
+    #[test]
+    fn windows_are_emitted_once_when_the_watermark_passes_their_end() {
+        let mut windows = sliding(2, 1, 1);
+        windows.add(0, &key("a"), &[Some(1.0)]);
+        windows.add(MIN, &key("a"), &[Some(1.0)]);
+        // Largest time 1m, watermark 0m: nothing has ended.
+        assert!(windows.advance(&[(partition(), Some(MIN))], &[]).is_empty());
+        windows.add(3 * MIN, &key("a"), &[Some(1.0)]);
+        // Watermark 2m: windows [-1m, 1m) and [0m, 2m) end.
+        let closed = counts(&windows.advance(&[(partition(), Some(3 * MIN))], &[]));
+        assert_eq!(closed, vec![(-1, 1, "a".into(), 1), (0, 2, "a".into(), 2)]);
+        // The same watermark again emits nothing new.
+        assert!(windows.advance(&[(partition(), None)], &[]).is_empty());
+    }
+
+    #[test]
+    fn an_event_before_the_watermark_is_late() {
+        let mut windows = sliding(1, 1, 2);
+        assert!(!windows.is_late(0), "nothing is late before the first watermark");
+        windows.add(10 * MIN, &key("a"), &[Some(1.0)]);
+        windows.advance(&[(partition(), Some(10 * MIN))], &[]);
+        assert_eq!(windows.watermark(), Some(8 * MIN));
+        assert!(windows.is_late(8 * MIN - 1));
+        assert!(!windows.is_late(8 * MIN));
+    }
+
+    #[test]
+    fn the_slowest_active_partition_holds_the_watermark_until_idle() {
+        let mut windows = sliding(1, 1, 0);
+        let (fast, slow) = (PartitionId::new("p", 0), PartitionId::new("p", 1));
+        windows.advance(&[(fast.clone(), Some(50 * MIN)), (slow.clone(), Some(10 * MIN))], &[]);
+        assert_eq!(windows.watermark(), Some(10 * MIN));
+        windows.advance(&[(fast.clone(), Some(60 * MIN)), (slow.clone(), None)], &[]);
+        assert_eq!(windows.watermark(), Some(10 * MIN), "an empty epoch does not free the slow partition");
+        windows.advance(&[(fast, None), (slow.clone(), None)], &[slow]);
+        assert_eq!(windows.watermark(), Some(60 * MIN));
+    }
+
+    #[test]
+    fn the_watermark_never_moves_back() {
+        let mut windows = sliding(1, 1, 0);
+        windows.advance(&[(partition(), Some(10 * MIN))], &[]);
+        windows.advance(&[(PartitionId::new("new", 0), Some(MIN))], &[]);
+        assert_eq!(windows.watermark(), Some(10 * MIN));
+    }
+
+    #[test]
+    fn tumbling_windows_and_all_aggregates() {
+        let spec: WindowSpec = serde_json::from_value(serde_json::json!({
+            "tumbling": {"size": "1m"}, "watermark": "0s",
+            "aggregations": [{"name": "n", "count": {}}],
+        }))
+        .unwrap();
+        let kinds = vec![AggregateKind::Count, AggregateKind::Sum, AggregateKind::Min, AggregateKind::Max, AggregateKind::Avg];
+        let mut windows = Windows::new(WindowKind::from_spec(&spec).unwrap(), 0, kinds);
+        for v in [4.0, 1.0, 7.0] {
+            windows.add(1000, &key("a"), &[Some(1.0), Some(v), Some(v), Some(v), Some(v)]);
+        }
+        windows.add(2000, &key("a"), &[Some(1.0), None, None, None, None]);
+        let closed = windows.advance(&[(partition(), Some(MIN))], &[]);
+        assert_eq!(closed.len(), 1);
+        let values: Vec<Option<f64>> = closed[0].3.iter().map(Accumulator::value).collect();
+        assert_eq!(values, vec![Some(4.0), Some(12.0), Some(1.0), Some(7.0), Some(4.0)]);
+    }
+
+    #[test]
+    fn sessions_merge_events_within_the_gap_per_key() {
+        let mut windows = Windows::new(WindowKind::Session { gap: MIN }, 0, vec![AggregateKind::Count]);
+        for time in [0, 30_000, 80_000, 200_000] {
+            windows.add(time, &key("a"), &[Some(1.0)]);
+        }
+        windows.add(10_000, &key("b"), &[Some(1.0)]);
+        // An event bridging two sessions merges them.
+        windows.add(300_000, &key("c"), &[Some(1.0)]);
+        windows.add(400_000, &key("c"), &[Some(1.0)]);
+        windows.add(350_000, &key("c"), &[Some(1.0)]);
+        let closed = counts(&windows.advance(&[(partition(), Some(10 * MIN))], &[]));
+        let ms = |(s, e, k, n): (i64, i64, String, i64)| (s, e, k, n);
+        let closed: Vec<_> = closed.into_iter().map(ms).collect();
+        assert_eq!(
+            closed,
+            vec![
+                (0, 2, "a".into(), 3),
+                (0, 1, "b".into(), 1),
+                (3, 4, "a".into(), 1),
+                (5, 7, "c".into(), 3),
+            ]
+        );
+    }
+
+    #[test]
+    fn state_survives_a_snapshot_round_trip() {
+        let mut windows = sliding(5, 1, 2);
+        windows.add(MIN, &key("a"), &[Some(1.0)]);
+        windows.add(2 * MIN, &key("b"), &[Some(1.0)]);
+        windows.advance(&[(partition(), Some(2 * MIN))], &[]);
+        let json = serde_json::to_string(&windows.snapshot()).unwrap();
+        let mut restored = sliding(5, 1, 2);
+        restored.restore(serde_json::from_str(&json).unwrap());
+        assert_eq!(restored.snapshot(), windows.snapshot());
+        let closed = |w: &mut Windows| counts(&w.advance(&[(partition(), Some(30 * MIN))], &[]));
+        assert_eq!(closed(&mut restored), closed(&mut windows));
+    }
+}

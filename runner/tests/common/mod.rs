@@ -1,0 +1,266 @@
+//! Shared by the runner's integration tests: a data set written by the test
+//! itself, an independent batch computation of the reference query over it,
+//! and helpers to run the `sluice-runner` binary.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+
+pub const MINUTE: i64 = 60_000;
+/// 2026-11-24T10:00:00Z.
+pub const START: i64 = 1_795_514_400_000;
+pub const LINES_PER_EPOCH: usize = 5_000;
+const TYPES: [&str; 4] = ["view", "click", "add_to_cart", "purchase"];
+
+/// One line of the data set.
+pub enum Line {
+    Event { time: i64, event_type: &'static str },
+    Malformed(String),
+}
+
+/// A tiny deterministic generator (xorshift64*), independent of the runner's.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `n` events 10 ms apart, up to 90 s out of order; about 1% of them an
+/// hour late (all after the first epoch, so they are late whatever the
+/// epoch split) and about 0.2% malformed lines.
+pub fn data_set(n: usize, seed: u64) -> Vec<Line> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let nominal = START + i as i64 * 10;
+            let roll = rng.below(1000);
+            if roll < 2 {
+                return Line::Malformed(match rng.below(3) {
+                    0 => "{\"timestamp\": \"2026-11-24T10:0".into(),
+                    1 => "{\"event_type\": \"view\"}".into(),
+                    _ => "not json at all".into(),
+                });
+            }
+            let mut time = nominal - rng.below(90_001) as i64;
+            if roll < 12 && i > LINES_PER_EPOCH {
+                time = nominal - 60 * MINUTE;
+            }
+            Line::Event {
+                time,
+                event_type: TYPES[rng.below(4) as usize],
+            }
+        })
+        .collect()
+}
+
+pub fn rfc3339(millis: i64) -> String {
+    jiff::Timestamp::from_millisecond(millis)
+        .unwrap()
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+pub fn write_jsonl(lines: &[Line], path: &Path) {
+    let mut text = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        match line {
+            Line::Event { time, event_type } => text.push_str(&format!(
+                "{{\"timestamp\":\"{}\",\"event_type\":\"{event_type}\",\"key\":\"k{}\",\"value\":{}}}\n",
+                rfc3339(*time),
+                i % 100,
+                i % 7
+            )),
+            Line::Malformed(bad) => {
+                text.push_str(bad);
+                text.push('\n');
+            }
+        }
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// (window start, window end, event type) → count, in milliseconds.
+pub type Windows = BTreeMap<(i64, i64, String), i64>;
+
+/// What the reference query must produce, computed by brute force: epochs of
+/// `LINES_PER_EPOCH` lines; an event is late when its time is before the
+/// watermark in force for its epoch; after each epoch the watermark becomes
+/// (largest event time so far − 2 min); a 5-minute window sliding by 1 minute
+/// is emitted once the final watermark is at or past its end.
+/// Returns the windows and the number of late events.
+pub fn expected_windows(lines: &[Line]) -> (Windows, usize) {
+    let mut watermark: Option<i64> = None;
+    let mut max_time: Option<i64> = None;
+    let mut accepted = Vec::new();
+    let mut late = 0;
+    for epoch in lines.chunks(LINES_PER_EPOCH) {
+        for line in epoch {
+            let Line::Event { time, event_type } = line else {
+                continue;
+            };
+            if watermark.is_some_and(|w| *time < w) {
+                late += 1;
+                continue;
+            }
+            accepted.push((*time, *event_type));
+            max_time = Some(max_time.map_or(*time, |m: i64| m.max(*time)));
+        }
+        if let Some(max) = max_time {
+            watermark = Some(watermark.map_or(max - 2 * MINUTE, |w| w.max(max - 2 * MINUTE)));
+        }
+    }
+    let watermark = watermark.expect("some events");
+    let mut windows = Windows::new();
+    for (time, event_type) in accepted {
+        // Every window start (a whole minute) with start <= time < start + 5 min.
+        let mut start = time.div_euclid(MINUTE) * MINUTE;
+        while start > time - 5 * MINUTE {
+            if start + 5 * MINUTE <= watermark {
+                *windows
+                    .entry((start, start + 5 * MINUTE, event_type.to_owned()))
+                    .or_default() += 1;
+            }
+            start -= MINUTE;
+        }
+    }
+    (windows, late)
+}
+
+/// The reference query's rows as read back from the Delta table, checking
+/// that no (window, key) appears twice.
+pub fn table_windows(batches: &[RecordBatch]) -> Windows {
+    let mut windows = Windows::new();
+    for batch in batches {
+        let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let starts = column("window_start");
+        let starts = starts
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        let ends = column("window_end");
+        let ends = ends
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        let types = column("event_type");
+        let types = types.as_any().downcast_ref::<StringArray>().unwrap();
+        let counts = column("event_count");
+        let counts = counts.as_any().downcast_ref::<Int64Array>().unwrap();
+        for row in 0..batch.num_rows() {
+            let key = (
+                starts.value(row) / 1000,
+                ends.value(row) / 1000,
+                types.value(row).to_owned(),
+            );
+            let previous = windows.insert(key.clone(), counts.value(row));
+            assert!(previous.is_none(), "window {key:?} written twice");
+        }
+    }
+    windows
+}
+
+/// The manifest of the reference query over a JSON-lines file.
+pub fn reference_manifest(data: &Path, table: &str, checkpoints: &str, trigger: &str) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{name: reference, namespace: test, uid: 7d0c3c1e-reference}}
+spec:
+  source:
+    file: {{path: "{}", maxLinesPerTrigger: {LINES_PER_EPOCH}}}
+  window:
+    sliding: {{size: 5m, slide: 1m}}
+    watermark: 2m
+    groupBy: [event_type]
+    aggregations:
+      - {{name: event_count, count: {{}}}}
+  sinks:
+    - name: lake
+      delta: {{uri: "{table}"}}
+  checkpoint: {{uri: "{checkpoints}", interval: 300ms}}
+  trigger: {{interval: {trigger}}}
+"#,
+        data.display()
+    )
+}
+
+/// Starts `sluice-runner run <manifest>` with JSON logs on stderr, which are
+/// forwarded line by line to the returned receiver.
+pub fn spawn_runner(manifest: &Path, env: &[(&str, String)]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-runner"))
+        .arg("run")
+        .arg(manifest)
+        .args(["--listen", "127.0.0.1:0", "--quiet"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sluice-runner");
+    let stderr = child.stderr.take().unwrap();
+    let (lines, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, receiver)
+}
+
+/// Waits for a log line with `message` and an `epoch` of at least `epoch`.
+pub fn wait_for_log(logs: &mpsc::Receiver<String>, message: &str, epoch: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = logs.recv_timeout(left) else {
+            return false;
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if json["message"] == message && json["epoch"].as_u64().is_some_and(|e| e >= epoch) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Waits for the runner to exit and asserts that it succeeded.
+pub fn wait_success(mut child: Child, logs: mpsc::Receiver<String>) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output: Vec<String> = logs.try_iter().collect();
+            assert!(
+                status.success(),
+                "runner failed with {status}:\n{}",
+                output.join("\n")
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "runner did not finish in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,344 @@
+//! The Kafka source end to end, against a real Kafka-protocol broker (tansu,
+//! started by `sluice_tests::kafka`; see tests/README.md): the reference
+//! query over a multi-partition topic, crashes and a broker restart, and the
+//! dead-letter topic.
+//!
+//! The data set and the independent batch computation are the runner's
+//! shared ones (`common`): every JSON line becomes one message. Each
+//! partition ends with a closing event ten minutes after the data, so the
+//! final watermark (the minimum over partitions) passes every data window
+//! whatever the order in which partitions were read.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::{Child, Command},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use rdkafka::{
+    Message,
+    consumer::{BaseConsumer, Consumer},
+    message::Headers,
+};
+use sluice_runner::sink::delta::read_table;
+use sluice_tests::{
+    kafka::{BrokerStorage, KafkaBroker},
+    moto::MotoS3,
+};
+
+const TOPIC: &str = "events";
+const PARTITIONS: i32 = 4;
+const GROUP: &str = "clickstream";
+/// Records per epoch: small enough that the first epoch ends long before the
+/// first late event, whatever share each partition gets.
+const MAX_OFFSETS_PER_TRIGGER: usize = 2_000;
+
+/// The data set as Kafka messages: (partition, payload), in production order.
+struct Topic {
+    lines: Vec<Line>,
+    messages: Vec<(i32, String)>,
+}
+
+impl Topic {
+    fn generate(events: usize, seed: u64) -> Self {
+        let mut lines = data_set(events, seed);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        write_jsonl(&lines, &path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut messages: Vec<(i32, String)> = text
+            .lines()
+            .enumerate()
+            .map(|(i, line)| ((i % PARTITIONS as usize) as i32, line.to_owned()))
+            .collect();
+        let closing = START + events as i64 * 10 + 10 * MINUTE;
+        for partition in 0..PARTITIONS {
+            lines.push(Line::Event {
+                time: closing,
+                event_type: "view",
+            });
+            messages.push((
+                partition,
+                format!(
+                    "{{\"timestamp\":\"{}\",\"event_type\":\"view\",\"key\":\"close\",\"value\":0}}",
+                    rfc3339(closing)
+                ),
+            ));
+        }
+        Self { lines, messages }
+    }
+
+    fn produce(&self, broker: &KafkaBroker) {
+        broker.create_topic(TOPIC, PARTITIONS).unwrap();
+        let producer = broker.producer().unwrap();
+        for (partition, payload) in &self.messages {
+            producer
+                .send(TOPIC, *partition, None, payload.as_bytes())
+                .unwrap();
+        }
+        producer.flush().unwrap();
+        let mut per_partition = vec![0i64; PARTITIONS as usize];
+        for (partition, _) in &self.messages {
+            per_partition[*partition as usize] += 1;
+        }
+        assert_eq!(broker.end_offsets(TOPIC).unwrap(), per_partition);
+    }
+
+    /// (partition, offset) of every message, in the order `lines` lists them.
+    fn offsets(&self) -> Vec<(i32, i64)> {
+        let mut next = vec![0i64; PARTITIONS as usize];
+        self.messages
+            .iter()
+            .map(|(partition, _)| {
+                let offset = next[*partition as usize];
+                next[*partition as usize] += 1;
+                (*partition, offset)
+            })
+            .collect()
+    }
+}
+
+fn manifest(dir: &Path, broker: &KafkaBroker, extra: &str) -> (std::path::PathBuf, String) {
+    let table = dir.join("table").display().to_string();
+    let checkpoints = dir.join("checkpoints").display().to_string();
+    let text = format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{name: kafka-reference, namespace: test, uid: 5b1e0d2a-kafka}}
+spec:
+  source:
+    kafka:
+      bootstrapServers: "{bootstrap}"
+      topics: [{TOPIC}]
+      consumerGroup: {GROUP}
+      startingOffsets: earliest
+      maxOffsetsPerTrigger: {MAX_OFFSETS_PER_TRIGGER}
+  window:
+    sliding: {{size: 5m, slide: 1m}}
+    watermark: 2m
+    groupBy: [event_type]
+    aggregations:
+      - {{name: event_count, count: {{}}}}
+  sinks:
+    - name: lake
+      delta: {{uri: "{table}"}}
+  checkpoint: {{uri: "{checkpoints}", interval: 0s}}
+  trigger: {{interval: 0s}}
+{extra}"#,
+        bootstrap = broker.bootstrap_servers(),
+    );
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, text).unwrap();
+    (path, table)
+}
+
+/// Polls the Delta table until it holds `expected` (or the deadline passes),
+/// checking the runner stays up meanwhile; returns what it last read.
+async fn wait_for_table(table: &str, expected: &Windows, runner: &mut Child) -> Windows {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let actual = match read_table(table).await {
+            Ok(batches) => table_windows(&batches),
+            Err(_) => Windows::new(),
+        };
+        if &actual == expected || Instant::now() > deadline {
+            return actual;
+        }
+        assert!(
+            runner.try_wait().unwrap().is_none(),
+            "the runner exited before writing every window"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asks the runner to stop (SIGTERM: it finishes the epoch, checkpoints and
+/// commits the consumer group) and waits for it.
+fn stop_gracefully(runner: Child, logs: mpsc::Receiver<String>) {
+    let status = Command::new("kill")
+        .args(["-TERM", &runner.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_success(runner, logs);
+}
+
+/// Polls until the consumer group's committed offsets are the topic's end offsets.
+fn wait_for_committed_end(broker: &KafkaBroker) {
+    let end: Vec<Option<i64>> = broker
+        .end_offsets(TOPIC)
+        .unwrap()
+        .into_iter()
+        .map(Some)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let committed = broker.committed_offsets(GROUP, TOPIC).unwrap();
+        if committed == end {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed offsets {committed:?} never reached the end {end:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_query_over_a_partitioned_topic_matches_the_batch_computation() {
+    let broker = KafkaBroker::start().unwrap();
+    let topic = Topic::generate(40_000, 3);
+    topic.produce(&broker);
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, table) = manifest(dir.path(), &broker, "");
+
+    let (mut runner, logs) = spawn_runner(&manifest, &[]);
+    let (expected, late) = expected_windows(&topic.lines);
+    assert!(late > 100, "the data set has late events ({late})");
+    let actual = wait_for_table(&table, &expected, &mut runner).await;
+    assert_eq!(
+        actual, expected,
+        "Delta rows differ from the batch computation"
+    );
+    stop_gracefully(runner, logs);
+    wait_for_committed_end(&broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
+    let s3 = MotoS3::start("tansu").await;
+    let broker = KafkaBroker::start_with(BrokerStorage::S3 {
+        bucket: s3.bucket().to_owned(),
+        env: s3.env(),
+    })
+    .unwrap();
+    let topic = Topic::generate(100_000, 5);
+    topic.produce(&broker);
+    let mut broker = broker;
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, table) = manifest(dir.path(), &broker, "");
+    let (expected, _) = expected_windows(&topic.lines);
+
+    let mut rng = Rng::new(2026);
+    for kill in 0..6 {
+        let (mut runner, logs) = spawn_runner(&manifest, &[]);
+        assert!(
+            wait_for_log(&logs, "epoch committed", 0),
+            "no epoch committed before kill {kill}"
+        );
+        if kill == 1 {
+            // The broker goes away under a running runner, which must ride it
+            // out: it keeps running and commits epochs again once it is back.
+            broker.restart().unwrap();
+            let _ = logs.try_iter().count();
+            for _ in 0..2 {
+                assert!(
+                    wait_for_log(&logs, "epoch committed", 0),
+                    "no progress after the broker restart"
+                );
+            }
+            assert!(
+                runner.try_wait().unwrap().is_none(),
+                "the runner exited on a broker restart"
+            );
+        }
+        // A random moment within the next two seconds of processing.
+        std::thread::sleep(Duration::from_millis(rng.below(2_000)));
+        runner.kill().unwrap();
+        runner.wait().unwrap();
+    }
+    let (mut runner, logs) = spawn_runner(&manifest, &[]);
+    let actual = wait_for_table(&table, &expected, &mut runner).await;
+    assert_eq!(actual, expected, "Delta rows differ after crashes");
+    stop_gracefully(runner, logs);
+    wait_for_committed_end(&broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_late_events_land_in_the_dead_letter_topic() {
+    const DLQ: &str = "events-dlq";
+    let broker = KafkaBroker::start().unwrap();
+    let topic = Topic::generate(20_000, 8);
+    topic.produce(&broker);
+    broker.create_topic(DLQ, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("  lateEvents: deadLetter\n  deadLetter: {{kafka: {{topic: {DLQ}}}}}\n");
+    let (manifest, table) = manifest(dir.path(), &broker, &extra);
+
+    // What must be dead-lettered, (topic, partition, offset) → reason: the
+    // malformed lines, and the events an hour behind their place in the data
+    // set (the only late ones: other events are at most 90 s out of order).
+    let (expected_windows, late) = expected_windows(&topic.lines);
+    let offsets = topic.offsets();
+    let mut expected_dead = BTreeMap::new();
+    for (index, (line, (partition, offset))) in topic.lines.iter().zip(&offsets).enumerate() {
+        let reason = match line {
+            Line::Malformed(_) => "malformed",
+            Line::Event { time, .. } if *time < START + index as i64 * 10 - 30 * MINUTE => "late",
+            Line::Event { .. } => continue,
+        };
+        expected_dead.insert((TOPIC.to_owned(), *partition, *offset), reason.to_owned());
+    }
+    assert_eq!(
+        expected_dead.values().filter(|r| *r == "late").count(),
+        late
+    );
+    assert!(expected_dead.values().any(|r| r == "malformed"));
+
+    let (mut runner, logs) = spawn_runner(&manifest, &[]);
+    let actual = wait_for_table(&table, &expected_windows, &mut runner).await;
+    assert_eq!(
+        actual, expected_windows,
+        "the pipeline kept going past bad events"
+    );
+
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[DLQ]).unwrap();
+    let mut dead = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while dead.len() < expected_dead.len() && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|headers| headers.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+                .unwrap_or_else(|| panic!("dead-letter record without header {name}"))
+        };
+        let key = (
+            header("sluice.source.topic"),
+            header("sluice.source.partition").parse::<i32>().unwrap(),
+            header("sluice.source.offset").parse::<i64>().unwrap(),
+        );
+        let original = &topic.messages[offsets
+            .iter()
+            .position(|po| *po == (key.1, key.2))
+            .expect("the dead-letter record points at a produced message")]
+        .1;
+        assert_eq!(
+            message.payload(),
+            Some(original.as_bytes()),
+            "original bytes kept"
+        );
+        assert!(!header("sluice.detail").is_empty());
+        let previous = dead.insert(key.clone(), header("sluice.reason"));
+        assert!(previous.is_none(), "{key:?} dead-lettered twice");
+    }
+    assert_eq!(dead, expected_dead);
+    stop_gracefully(runner, logs);
+}

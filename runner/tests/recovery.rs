@@ -1,0 +1,44 @@
+//! Exactly-once after crashes: the runner is killed with SIGKILL at several
+//! points of a run (right after an epoch is planned, right after its sinks
+//! committed, right after a checkpoint), restarted each time, and the Delta
+//! table ends up with exactly the rows of the batch computation: nothing
+//! lost, nothing twice.
+
+mod common;
+
+use common::*;
+use sluice_runner::sink::delta::read_table;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_runs_resume_to_exactly_the_expected_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = data_set(120_000, 11);
+    let data = dir.path().join("events.jsonl");
+    write_jsonl(&lines, &data);
+    let table = dir.path().join("table");
+    let checkpoints = dir.path().join("checkpoints");
+    let manifest = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &manifest,
+        reference_manifest(&data, table.to_str().unwrap(), checkpoints.to_str().unwrap(), "100ms"),
+    )
+    .unwrap();
+
+    for (message, epoch) in [
+        ("epoch planned", 2),
+        ("epoch committed", 6),
+        ("checkpoint written", 10),
+        ("epoch committed", 14),
+    ] {
+        let (mut child, logs) = spawn_runner(&manifest, &[]);
+        assert!(wait_for_log(&logs, message, epoch), "no {message:?} log for epoch {epoch}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let (child, logs) = spawn_runner(&manifest, &[]);
+    wait_success(child, logs);
+
+    let (expected, _) = expected_windows(&lines);
+    let actual = table_windows(&read_table(table.to_str().unwrap()).await.unwrap());
+    assert_eq!(actual, expected);
+}
