@@ -227,7 +227,10 @@ mod tests {
             .unwrap();
         headers.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
         let wait = retry_after(&headers).unwrap();
-        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
         headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers), None);
     }
@@ -235,9 +238,22 @@ mod tests {
     #[test]
     fn only_overload_and_server_errors_are_transient() {
         let headers = HeaderMap::new();
-        for (status, transient) in [(429, true), (408, true), (500, true), (503, true), (400, false), (401, false), (404, false)] {
-            let failure = Failure::from_status(StatusCode::from_u16(status).unwrap(), &headers, "no");
-            assert_eq!(matches!(failure, Failure::Transient { .. }), transient, "{status}");
+        for (status, transient) in [
+            (429, true),
+            (408, true),
+            (500, true),
+            (503, true),
+            (400, false),
+            (401, false),
+            (404, false),
+        ] {
+            let failure =
+                Failure::from_status(StatusCode::from_u16(status).unwrap(), &headers, "no");
+            assert_eq!(
+                matches!(failure, Failure::Transient { .. }),
+                transient,
+                "{status}"
+            );
         }
     }
 
@@ -253,19 +269,34 @@ mod tests {
             message: "busy".into(),
             after: None,
         };
-        let result: Result<(), _> = retry(&policy, || {
-            calls += 1;
-            std::future::ready(Err(transient()))
-        }, |_, _| {})
+        let result: Result<(), _> = retry(
+            &policy,
+            || {
+                calls += 1;
+                std::future::ready(Err(transient()))
+            },
+            |_, _| {},
+        )
         .await;
         assert_eq!(calls, 4);
-        assert!(result.unwrap_err().message().contains("gave up after 4 attempts"));
+        assert!(
+            result
+                .unwrap_err()
+                .message()
+                .contains("gave up after 4 attempts")
+        );
 
         let mut calls = 0;
-        let result: Result<(), _> = retry(&policy, || {
-            calls += 1;
-            std::future::ready(Err(Failure::Permanent { message: "bad".into() }))
-        }, |_, _| {})
+        let result: Result<(), _> = retry(
+            &policy,
+            || {
+                calls += 1;
+                std::future::ready(Err(Failure::Permanent {
+                    message: "bad".into(),
+                }))
+            },
+            |_, _| {},
+        )
         .await;
         assert_eq!(calls, 1);
         assert_eq!(result.unwrap_err().message(), "bad");

@@ -13,10 +13,7 @@ use sluice_crds::{CredentialsRef, SECRETS_DIR, SECRETS_DIR_ENV, SecretKeyRef};
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read mounted secret file {path}: {error}")]
-    File {
-        path: String,
-        error: std::io::Error,
-    },
+    File { path: String, error: std::io::Error },
     #[error("environment variable {0} (from the referenced Secret) is not set")]
     Env(String),
 }
@@ -31,7 +28,8 @@ impl Secrets {
     /// The runner's own secrets folder.
     pub fn from_env() -> Self {
         Self {
-            dir: std::env::var_os(SECRETS_DIR_ENV).map_or_else(|| PathBuf::from(SECRETS_DIR), PathBuf::from),
+            dir: std::env::var_os(SECRETS_DIR_ENV)
+                .map_or_else(|| PathBuf::from(SECRETS_DIR), PathBuf::from),
         }
     }
 
@@ -57,8 +55,14 @@ impl Secrets {
     }
 
     /// User name and password.
-    pub fn credentials(&self, credentials: &CredentialsRef) -> Result<(String, String), SecretError> {
+    pub fn credentials(
+        &self,
+        credentials: &CredentialsRef,
+    ) -> Result<(String, String), SecretError> {
         let var = |name: String| std::env::var(&name).map_err(|_| SecretError::Env(name));
-        Ok((var(credentials.username_env())?, var(credentials.password_env())?))
+        Ok((
+            var(credentials.username_env())?,
+            var(credentials.password_env())?,
+        ))
     }
 }

@@ -35,19 +35,19 @@ use crate::{
 /// ClickHouse exception codes that describe a passing condition (overload,
 /// timeouts, replicas or Keeper unavailable) rather than a bad request.
 const TRANSIENT_CODES: [u32; 14] = [
-    159, // TIMEOUT_EXCEEDED
-    164, // READONLY (a replica in read-only mode)
-    202, // TOO_MANY_SIMULTANEOUS_QUERIES
-    203, // NO_FREE_CONNECTION
-    209, // SOCKET_TIMEOUT
-    210, // NETWORK_ERROR
-    241, // MEMORY_LIMIT_EXCEEDED
-    242, // TABLE_IS_READ_ONLY
-    252, // TOO_MANY_PARTS
-    279, // ALL_CONNECTION_TRIES_FAILED
-    319, // UNKNOWN_STATUS_OF_INSERT
-    425, // SYSTEM_ERROR
-    999, // KEEPER_EXCEPTION
+    159,  // TIMEOUT_EXCEEDED
+    164,  // READONLY (a replica in read-only mode)
+    202,  // TOO_MANY_SIMULTANEOUS_QUERIES
+    203,  // NO_FREE_CONNECTION
+    209,  // SOCKET_TIMEOUT
+    210,  // NETWORK_ERROR
+    241,  // MEMORY_LIMIT_EXCEEDED
+    242,  // TABLE_IS_READ_ONLY
+    252,  // TOO_MANY_PARTS
+    279,  // ALL_CONNECTION_TRIES_FAILED
+    319,  // UNKNOWN_STATUS_OF_INSERT
+    425,  // SYSTEM_ERROR
+    999,  // KEEPER_EXCEPTION
     1002, // UNKNOWN_EXCEPTION
 ];
 
@@ -76,12 +76,19 @@ fn quote_identifier(name: &str) -> String {
 /// The `Code: N` of a ClickHouse error message.
 fn exception_code(body: &str) -> Option<u32> {
     let rest = body.split("Code: ").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Classifies a failed answer by its exception code first: ClickHouse answers
 /// most errors, bad data included, with HTTP 500.
-fn classify(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap, body: &str) -> Failure {
+fn classify(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) -> Failure {
     let failure = Failure::from_status(status, headers, body);
     match exception_code(body) {
         Some(code) if TRANSIENT_CODES.contains(&code) => Failure::Transient {
@@ -110,7 +117,11 @@ fn with_unix_seconds(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         if let DataType::Timestamp(_, zone) = field.data_type() {
             let seconds = cast(column, &DataType::Timestamp(TimeUnit::Second, zone.clone()))?;
             columns.push(cast(&seconds, &DataType::Int64)?);
-            fields.push(Field::new(field.name(), DataType::Int64, field.is_nullable()));
+            fields.push(Field::new(
+                field.name(),
+                DataType::Int64,
+                field.is_nullable(),
+            ));
         } else {
             columns.push(column.clone());
             fields.push(field.as_ref().clone());
@@ -144,7 +155,11 @@ impl ClickHouseSink {
             input,
             client,
             url: spec.url.trim_end_matches('/').to_owned(),
-            table: format!("{}.{}", quote_identifier(&spec.database), quote_identifier(&spec.table)),
+            table: format!(
+                "{}.{}",
+                quote_identifier(&spec.database),
+                quote_identifier(&spec.table)
+            ),
             auth,
             batch_rows: usize::try_from(spec.batch_rows.max(1)).unwrap_or(1),
             retry: RetryPolicy::SINK,
@@ -219,16 +234,30 @@ impl Sink for ClickHouseSink {
     /// Learns the server version and checks the table and its columns.
     async fn open(&mut self, schema: SchemaRef) -> Result<(), SinkError> {
         let version = self.query("SELECT version()").await?;
-        self.deduplication_tokens = parse_version(&version).is_some_and(|v| v >= DEDUPLICATION_TOKEN_SINCE);
+        self.deduplication_tokens =
+            parse_version(&version).is_some_and(|v| v >= DEDUPLICATION_TOKEN_SINCE);
         tracing::info!(sink = %self.name, version = version.trim(), deduplication_tokens = self.deduplication_tokens, "ClickHouse answers");
-        if self.query(&format!("EXISTS TABLE {}", self.table)).await?.trim() != "1" {
+        if self
+            .query(&format!("EXISTS TABLE {}", self.table))
+            .await?
+            .trim()
+            != "1"
+        {
             return Err(self.failed(format!(
                 "table {} does not exist; Sluice creates nothing, so create it first (see the README for a ReplacingMergeTree layout)",
                 self.table
             )));
         }
-        let described = self.query(&format!("DESCRIBE TABLE {} FORMAT TabSeparated", self.table)).await?;
-        let columns: Vec<&str> = described.lines().filter_map(|line| line.split('\t').next()).collect();
+        let described = self
+            .query(&format!(
+                "DESCRIBE TABLE {} FORMAT TabSeparated",
+                self.table
+            ))
+            .await?;
+        let columns: Vec<&str> = described
+            .lines()
+            .filter_map(|line| line.split('\t').next())
+            .collect();
         let missing: Vec<&str> = schema
             .fields()
             .iter()
@@ -245,7 +274,11 @@ impl Sink for ClickHouseSink {
         Ok(())
     }
 
-    async fn write_epoch(&mut self, key: &EpochKey, rows: &[RecordBatch]) -> Result<WriteOutcome, SinkError> {
+    async fn write_epoch(
+        &mut self,
+        key: &EpochKey,
+        rows: &[RecordBatch],
+    ) -> Result<WriteOutcome, SinkError> {
         let insert = format!("INSERT INTO {} FORMAT JSONEachRow", self.table);
         let token = key.token();
         let mut block = 0;
@@ -285,10 +318,20 @@ mod tests {
         let headers = reqwest::header::HeaderMap::new();
         let status = reqwest::StatusCode::INTERNAL_SERVER_ERROR;
         let parse = "Code: 27, e.displayText() = DB::Exception: Cannot parse input";
-        assert!(matches!(classify(status, &headers, parse), Failure::Permanent { .. }));
-        let overloaded = "Code: 202, e.displayText() = DB::Exception: Too many simultaneous queries";
-        assert!(matches!(classify(status, &headers, overloaded), Failure::Transient { .. }));
-        assert!(matches!(classify(status, &headers, "proxy error"), Failure::Transient { .. }));
+        assert!(matches!(
+            classify(status, &headers, parse),
+            Failure::Permanent { .. }
+        ));
+        let overloaded =
+            "Code: 202, e.displayText() = DB::Exception: Too many simultaneous queries";
+        assert!(matches!(
+            classify(status, &headers, overloaded),
+            Failure::Transient { .. }
+        ));
+        assert!(matches!(
+            classify(status, &headers, "proxy error"),
+            Failure::Transient { .. }
+        ));
     }
 
     #[test]

@@ -67,14 +67,17 @@ impl ElasticsearchSink {
             message,
         };
         let auth = match (&spec.credentials_secret_ref, &spec.api_key_secret_ref) {
-            (Some(credentials), _) => Some(Auth::basic(secrets, credentials).map_err(|e| failed(e.to_string()))?),
+            (Some(credentials), _) => {
+                Some(Auth::basic(secrets, credentials).map_err(|e| failed(e.to_string()))?)
+            }
             (None, Some(key)) => {
                 let key = secrets.key(key).map_err(|e| failed(e.to_string()))?;
                 Some(Auth::header(&format!("ApiKey {key}")).map_err(failed)?)
             }
             (None, None) => None,
         };
-        let client = http::client(spec.timeout.as_std()).map_err(|e| failed(format!("cannot build an HTTP client: {e}")))?;
+        let client = http::client(spec.timeout.as_std())
+            .map_err(|e| failed(format!("cannot build an HTTP client: {e}")))?;
         let base_url = spec.url.trim_end_matches('/').to_owned();
         Ok(Self {
             name: name.to_owned(),
@@ -121,7 +124,8 @@ impl ElasticsearchSink {
                 let id = format!("{}/{id}", key.pipeline);
                 let source = self.source(line)?;
                 let action = serde_json::json!({"index": {"_index": self.index, "_id": id}});
-                let mut lines = serde_json::to_vec(&action).map_err(|e| self.failed(e.to_string()))?;
+                let mut lines =
+                    serde_json::to_vec(&action).map_err(|e| self.failed(e.to_string()))?;
                 lines.push(b'\n');
                 lines.extend_from_slice(&source);
                 lines.push(b'\n');
@@ -136,8 +140,8 @@ impl ElasticsearchSink {
         if self.input == SinkInput::Windows {
             return Ok(line.to_vec());
         }
-        let mut row: Map<String, Value> =
-            serde_json::from_slice(line).map_err(|e| self.failed(format!("row is not JSON: {e}")))?;
+        let mut row: Map<String, Value> = serde_json::from_slice(line)
+            .map_err(|e| self.failed(format!("row is not JSON: {e}")))?;
         if let Some(Value::String(event)) = row.get("event") {
             if let Ok(event) = serde_json::from_str::<Value>(event) {
                 row.insert("event".into(), event);
@@ -193,14 +197,22 @@ impl ElasticsearchSink {
         let response = result.map_err(|e| self.meter.failure(Failure::from_transport(&e)))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let text = response.text().await.map_err(|e| self.meter.failure(Failure::from_transport(&e)))?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| self.meter.failure(Failure::from_transport(&e)))?;
         timer.observe_duration();
         if !status.is_success() {
-            return Err(self.meter.failure(Failure::from_status(status, &headers, &text)));
+            return Err(self
+                .meter
+                .failure(Failure::from_status(status, &headers, &text)));
         }
         let parsed: BulkResponse = serde_json::from_str(&text).map_err(|e| {
             self.meter.failure(Failure::Permanent {
-                message: format!("the _bulk answer is not understood ({e}): {}", http::excerpt(&text)),
+                message: format!(
+                    "the _bulk answer is not understood ({e}): {}",
+                    http::excerpt(&text)
+                ),
             })
         })?;
         if parsed.items.len() != batch.len() {
@@ -252,8 +264,14 @@ fn item_outcome(item: &Map<String, Value>) -> ItemOutcome {
             ItemOutcome::Permanent(format!("status {status} without an error"))
         };
     };
-    let kind = error.get("type").and_then(Value::as_str).unwrap_or("unknown");
-    let reason = error.get("reason").and_then(Value::as_str).unwrap_or("no reason given");
+    let kind = error
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
+    let reason = error
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("no reason given");
     let message = format!("{status} {kind}: {reason}");
     match reqwest::StatusCode::from_u16(u16::try_from(status).unwrap_or(0)) {
         Ok(code) if http::is_transient_status(code) => ItemOutcome::Transient(message),
@@ -267,7 +285,9 @@ fn batches<'d>(documents: &[&'d Document], rows: usize) -> Vec<Vec<&'d Document>
     let mut current: Vec<&Document> = Vec::new();
     let mut bytes = 0;
     for document in documents {
-        if !current.is_empty() && (current.len() >= rows || bytes + document.lines.len() > MAX_REQUEST_BYTES) {
+        if !current.is_empty()
+            && (current.len() >= rows || bytes + document.lines.len() > MAX_REQUEST_BYTES)
+        {
             batches.push(std::mem::take(&mut current));
             bytes = 0;
         }
@@ -307,9 +327,15 @@ impl Sink for ElasticsearchSink {
         Ok(())
     }
 
-    async fn write_epoch(&mut self, key: &EpochKey, rows: &[RecordBatch]) -> Result<WriteOutcome, SinkError> {
+    async fn write_epoch(
+        &mut self,
+        key: &EpochKey,
+        rows: &[RecordBatch],
+    ) -> Result<WriteOutcome, SinkError> {
         let documents = self.documents(key, rows)?;
         self.index(documents.iter().collect()).await?;
-        Ok(WriteOutcome::Written { rows: documents.len() })
+        Ok(WriteOutcome::Written {
+            rows: documents.len(),
+        })
     }
 }

@@ -114,13 +114,22 @@ enum Paging {
 enum Item {
     Event(Vec<u8>),
     /// A response that could not be used, as received.
-    Rejected { body: Vec<u8>, reason: String },
+    Rejected {
+        body: Vec<u8>,
+        reason: String,
+    },
 }
 
 /// A successful HTTP answer.
 enum Reply {
-    Page { events: Vec<Value>, next: Option<String> },
-    Rejected { body: Vec<u8>, reason: String },
+    Page {
+        events: Vec<Value>,
+        next: Option<String>,
+    },
+    Rejected {
+        body: Vec<u8>,
+        reason: String,
+    },
 }
 
 /// Items planned for the epoch `[start, end)`.
@@ -182,8 +191,13 @@ fn type_name(value: &Value) -> &'static str {
 }
 
 impl RestSource {
-    pub fn new(spec: &RestSpec, context: &SourceContext, secrets: &Secrets) -> Result<Self, SourceError> {
-        let url = Url::parse(&spec.url).map_err(|e| invalid("url", format!("{}: {e}", spec.url)))?;
+    pub fn new(
+        spec: &RestSpec,
+        context: &SourceContext,
+        secrets: &Secrets,
+    ) -> Result<Self, SourceError> {
+        let url =
+            Url::parse(&spec.url).map_err(|e| invalid("url", format!("{}: {e}", spec.url)))?;
         let mut headers = HeaderMap::new();
         for header in &spec.headers {
             let name = HeaderName::from_bytes(header.name.as_bytes())
@@ -193,10 +207,16 @@ impl RestSource {
                 (None, Some(secret)) => secrets
                     .key(secret)
                     .map_err(|e| invalid("headers.valueFrom", e.to_string()))?,
-                (None, None) => return Err(invalid("headers", format!("{} has no value", header.name))),
+                (None, None) => {
+                    return Err(invalid("headers", format!("{} has no value", header.name)));
+                }
             };
-            let mut value = HeaderValue::from_str(&value)
-                .map_err(|_| invalid("headers", format!("the value of {} is not a valid header value", header.name)))?;
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                invalid(
+                    "headers",
+                    format!("the value of {} is not a valid header value", header.name),
+                )
+            })?;
             value.set_sensitive(header.value_from.is_some());
             headers.insert(name, value);
         }
@@ -217,9 +237,14 @@ impl RestSource {
             None => Paging::None,
         };
         let request_spacing = match spec.max_requests_per_second {
-            Some(rate) if rate > 0.0 && rate.is_finite() => Some(Duration::from_secs_f64(1.0 / rate)),
+            Some(rate) if rate > 0.0 && rate.is_finite() => {
+                Some(Duration::from_secs_f64(1.0 / rate))
+            }
             Some(rate) if rate < 0.0 || !rate.is_finite() => {
-                return Err(invalid("maxRequestsPerSecond", format!("{rate} is not a rate")));
+                return Err(invalid(
+                    "maxRequestsPerSecond",
+                    format!("{rate} is not a rate"),
+                ));
             }
             _ => None,
         };
@@ -286,7 +311,10 @@ impl RestSource {
 
     async fn fetch(&self, position: &RestPosition) -> Result<Reply, Failure> {
         if let Some(spacing) = self.request_spacing {
-            let last = *self.last_request.lock().unwrap_or_else(PoisonError::into_inner);
+            let last = *self
+                .last_request
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(last) = last {
                 tokio::time::sleep_until((last + spacing).into()).await;
             }
@@ -305,10 +333,14 @@ impl RestSource {
                 size,
                 first,
             } => {
-                let page = position.request.clone().unwrap_or_else(|| first.to_string());
+                let page = position
+                    .request
+                    .clone()
+                    .unwrap_or_else(|| first.to_string());
                 url.query_pairs_mut().append_pair(param, &page);
                 if let Some(size_param) = size_param {
-                    url.query_pairs_mut().append_pair(size_param, &size.to_string());
+                    url.query_pairs_mut()
+                        .append_pair(size_param, &size.to_string());
                 }
             }
         }
@@ -316,7 +348,10 @@ impl RestSource {
             HttpMethod::Get => self.client.get(url),
             HttpMethod::Post => self.client.post(url),
         };
-        *self.last_request.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        *self
+            .last_request
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         let response = request
             .headers(self.headers.clone())
             .send()
@@ -324,9 +359,16 @@ impl RestSource {
             .map_err(|e| Failure::from_transport(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| Failure::from_transport(&e))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Failure::from_transport(&e))?;
         if !status.is_success() {
-            return Err(Failure::from_status(status, &headers, &String::from_utf8_lossy(&body)));
+            return Err(Failure::from_status(
+                status,
+                &headers,
+                &String::from_utf8_lossy(&body),
+            ));
         }
         Ok(self.parse(&body))
     }
@@ -347,7 +389,12 @@ impl RestSource {
         };
         let events = match lookup(&value, &self.events_path) {
             Some(Value::Array(events)) => events.clone(),
-            Some(other) => return rejected(format!("{shown_path} is {}, not an array of events", type_name(other))),
+            Some(other) => {
+                return rejected(format!(
+                    "{shown_path} is {}, not an array of events",
+                    type_name(other)
+                ));
+            }
             None => return rejected(format!("{shown_path} is missing")),
         };
         let next = match &self.paging {
@@ -418,7 +465,10 @@ impl RestSource {
     }
 
     /// Fetches from `start` until caught up, the budget is spent or the API fails.
-    async fn read_ahead(&mut self, start: &RestPosition) -> Result<(RestPosition, Vec<Item>), SourceError> {
+    async fn read_ahead(
+        &mut self,
+        start: &RestPosition,
+    ) -> Result<(RestPosition, Vec<Item>), SourceError> {
         let mut position = start.clone();
         let mut items = Vec::new();
         loop {
@@ -457,7 +507,11 @@ impl RestSource {
     /// Refetches the events of `[start, end)` after a restart, retrying failures:
     /// a replay must read exactly what was planned. Rejected responses are
     /// not replayed (their position did not advance; the next epoch asks again).
-    async fn replay(&self, start: RestPosition, end: &RestPosition) -> Result<Vec<Item>, SourceError> {
+    async fn replay(
+        &self,
+        start: RestPosition,
+        end: &RestPosition,
+    ) -> Result<Vec<Item>, SourceError> {
         let mut position = start;
         let mut items = Vec::new();
         while position.seq < end.seq && !position.same_place(end) {
@@ -477,7 +531,11 @@ impl RestSource {
                 }
             };
             let result = http::retry(&REPLAY_RETRY, attempt, |failure, delay| {
-                tracing::warn!(message = failure.message(), ?delay, "replay request failed; retrying");
+                tracing::warn!(
+                    message = failure.message(),
+                    ?delay,
+                    "replay request failed; retrying"
+                );
             })
             .await;
             let (events, next) = result.map_err(|failure| self.unavailable(failure.message()))?;
@@ -537,7 +595,9 @@ impl Source for RestSource {
         let start = RestPosition::decode(&self.partition, &range.start)?;
         let end = RestPosition::decode(&self.partition, &range.end)?;
         let items = match self.buffered.take() {
-            Some(buffered) if buffered.start == range.start && buffered.end == range.end => buffered.items,
+            Some(buffered) if buffered.start == range.start && buffered.end == range.end => {
+                buffered.items
+            }
             _ => self.replay(start.clone(), &end).await?,
         };
         let mut chunk = Chunk::new(index);
