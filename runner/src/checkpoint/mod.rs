@@ -123,7 +123,7 @@ impl ObjectStoreCheckpoints {
     }
 
     fn object(&self, kind: &str, epoch: u64) -> Path {
-        self.folder(kind).child(format!("{epoch:020}.json"))
+        self.folder(kind).join(format!("{epoch:020}.json"))
     }
 
     fn store_error(&self, error: object_store::Error) -> CheckpointError {

@@ -6,7 +6,7 @@
 use std::{fmt::Write as _, sync::Arc};
 
 use async_trait::async_trait;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, path::Path};
+use object_store::{ObjectStore, PutMode, PutOptions, path::Path};
 use serde::Serialize;
 
 use super::{DeadEvent, DeadLetter, DeadLetterError, Reason};
