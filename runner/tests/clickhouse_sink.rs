@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use arrow::{
-    array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray},
+    array::{
+        ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    },
     datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
 };
 use serde_json::{Value, json};
@@ -71,16 +73,24 @@ fn window_rows(minutes: std::ops::Range<i64>) -> RecordBatch {
 }
 
 fn sink(server: &ClickHouse, table: &str, batch_rows: i64) -> ClickHouseSink {
-    let spec: ClickHouseSpec =
-        serde_json::from_value(json!({"url": server.url(), "table": table, "batchRows": batch_rows, "timeout": "10s"})).unwrap();
+    let spec: ClickHouseSpec = serde_json::from_value(
+        json!({"url": server.url(), "table": table, "batchRows": batch_rows, "timeout": "10s"}),
+    )
+    .unwrap();
     let metrics = SinkMetrics::register(&prometheus::Registry::new()).unwrap();
-    ClickHouseSink::new("counts", SinkInput::Windows, &spec, &Secrets::in_dir("/nonexistent"), metrics.meter("counts"))
-        .unwrap()
-        .with_retry(RetryPolicy {
-            min: std::time::Duration::from_millis(10),
-            max: std::time::Duration::from_millis(100),
-            attempts: Some(2),
-        })
+    ClickHouseSink::new(
+        "counts",
+        SinkInput::Windows,
+        &spec,
+        &Secrets::in_dir("/nonexistent"),
+        metrics.meter("counts"),
+    )
+    .unwrap()
+    .with_retry(RetryPolicy {
+        min: std::time::Duration::from_millis(10),
+        max: std::time::Duration::from_millis(100),
+        attempts: Some(2),
+    })
 }
 
 fn key(epoch: u64) -> EpochKey {
@@ -107,10 +117,16 @@ async fn window_rows_land_and_a_replayed_epoch_leaves_the_final_rows_unchanged()
     server.query(WINDOW_TABLE).await;
     let mut sink = sink(&server, "event_counts", 4);
     sink.open(window_schema()).await.unwrap();
-    assert!(!sink.uses_deduplication_tokens(), "18.16 predates insert_deduplication_token");
+    assert!(
+        !sink.uses_deduplication_tokens(),
+        "18.16 predates insert_deduplication_token"
+    );
 
     let first = window_rows(0..3);
-    assert_eq!(sink.write_epoch(&key(0), &[first.clone()]).await.unwrap(), WriteOutcome::Written { rows: 9 });
+    assert_eq!(
+        sink.write_epoch(&key(0), &[first.clone()]).await.unwrap(),
+        WriteOutcome::Written { rows: 9 }
+    );
     let second = window_rows(3..5);
     sink.write_epoch(&key(1), &[second.clone()]).await.unwrap();
 
@@ -130,11 +146,25 @@ async fn window_rows_land_and_a_replayed_epoch_leaves_the_final_rows_unchanged()
     // The runner crashed after the sink wrote epoch 1 but before its checkpoint:
     // recovery writes the identical epoch again.
     sink.write_epoch(&key(1), &[second]).await.unwrap();
-    assert_eq!(final_rows(&server).await, rows, "FINAL rows are unchanged by the replay");
-    let raw = server.query("SELECT count() FROM default.event_counts").await;
+    assert_eq!(
+        final_rows(&server).await,
+        rows,
+        "FINAL rows are unchanged by the replay"
+    );
+    let raw = server
+        .query("SELECT count() FROM default.event_counts")
+        .await;
     assert!(raw.trim().parse::<u64>().unwrap() >= 15);
-    server.query("OPTIMIZE TABLE default.event_counts FINAL").await;
-    assert_eq!(server.query("SELECT count() FROM default.event_counts").await.trim(), "15");
+    server
+        .query("OPTIMIZE TABLE default.event_counts FINAL")
+        .await;
+    assert_eq!(
+        server
+            .query("SELECT count() FROM default.event_counts")
+            .await
+            .trim(),
+        "15"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,15 +172,25 @@ async fn missing_tables_columns_and_bad_rows_fail_with_clear_messages() {
     let server = ClickHouse::start().await;
     let mut missing = sink(&server, "nowhere", 100);
     let error = missing.open(window_schema()).await.unwrap_err().to_string();
-    assert!(error.contains("`default`.`nowhere` does not exist") && error.contains("creates nothing"), "{error}");
-    assert_eq!(server.query("EXISTS TABLE default.nowhere").await.trim(), "0", "nothing was created");
+    assert!(
+        error.contains("`default`.`nowhere` does not exist") && error.contains("creates nothing"),
+        "{error}"
+    );
+    assert_eq!(
+        server.query("EXISTS TABLE default.nowhere").await.trim(),
+        "0",
+        "nothing was created"
+    );
 
     server
         .query("CREATE TABLE default.narrow (window_start DateTime, window_end DateTime, event_type Nullable(String)) ENGINE = MergeTree ORDER BY window_start")
         .await;
     let mut narrow = sink(&server, "narrow", 100);
     let error = narrow.open(window_schema()).await.unwrap_err().to_string();
-    assert!(error.contains("lacks the columns event_count, total_value"), "{error}");
+    assert!(
+        error.contains("lacks the columns event_count, total_value"),
+        "{error}"
+    );
 
     // A column whose type cannot hold the rows: the server's message is in the error.
     server
@@ -158,8 +198,15 @@ async fn missing_tables_columns_and_bad_rows_fail_with_clear_messages() {
         .await;
     let mut wrong = sink(&server, "wrong", 100);
     wrong.open(window_schema()).await.unwrap();
-    let error = wrong.write_epoch(&key(0), &[window_rows(0..1)]).await.unwrap_err().to_string();
-    assert!(error.contains("Code: ") && error.contains("event_count"), "{error}");
+    let error = wrong
+        .write_epoch(&key(0), &[window_rows(0..1)])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Code: ") && error.contains("event_count"),
+        "{error}"
+    );
 }
 
 /// Event rows (`input: events`) into the raw-events layout of
@@ -180,14 +227,27 @@ async fn event_rows_fit_the_example_layout_and_replays_collapse() {
         Arc::new(StringArray::from(vec!["orders"; 3])),
         Arc::new(arrow::array::Int32Array::from(vec![0, 0, 1])),
         Arc::new(Int64Array::from(vec![7, 8, 7])),
-        Arc::new(TimestampMicrosecondArray::from(vec![START_MICROS + 1_500_000; 3]).with_timezone("UTC")),
-        Arc::new(StringArray::from(vec![r#"{"amount":1}"#, r#"{"amount":2}"#, r#"{"amount":3}"#])),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![START_MICROS + 1_500_000; 3]).with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from(vec![
+            r#"{"amount":1}"#,
+            r#"{"amount":2}"#,
+            r#"{"amount":3}"#,
+        ])),
     ];
     let rows = RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let spec: ClickHouseSpec = serde_json::from_value(json!({"url": server.url(), "table": "orders_raw"})).unwrap();
+    let spec: ClickHouseSpec =
+        serde_json::from_value(json!({"url": server.url(), "table": "orders_raw"})).unwrap();
     let metrics = SinkMetrics::register(&prometheus::Registry::new()).unwrap();
-    let mut sink =
-        ClickHouseSink::new("raw", SinkInput::Events, &spec, &Secrets::in_dir("/nonexistent"), metrics.meter("raw")).unwrap();
+    let mut sink = ClickHouseSink::new(
+        "raw",
+        SinkInput::Events,
+        &spec,
+        &Secrets::in_dir("/nonexistent"),
+        metrics.meter("raw"),
+    )
+    .unwrap();
     sink.open(schema).await.unwrap();
     sink.write_epoch(&key(3), &[rows.clone()]).await.unwrap();
     sink.write_epoch(&key(3), &[rows]).await.unwrap();

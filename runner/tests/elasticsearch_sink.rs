@@ -39,25 +39,36 @@ fn window_rows(users: &[&str]) -> RecordBatch {
     let n = users.len();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(TimestampMicrosecondArray::from(vec![START_MICROS; n]).with_timezone("UTC")),
-        Arc::new(TimestampMicrosecondArray::from(vec![START_MICROS + MINUTE_MICROS; n]).with_timezone("UTC")),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![START_MICROS + MINUTE_MICROS; n])
+                .with_timezone("UTC"),
+        ),
         Arc::new(StringArray::from(users.to_vec())),
         Arc::new(Int64Array::from((1..=n as i64).collect::<Vec<_>>())),
     ];
     RecordBatch::try_new(window_schema(), columns).unwrap()
 }
 
-fn sink(es: &Elasticsearch, extra: serde_json::Value, secrets: &Secrets) -> ElasticsearchSink {
+fn es_sink(es: &Elasticsearch, extra: serde_json::Value, secrets: &Secrets) -> ElasticsearchSink {
     let mut spec = json!({"url": es.url(), "index": "sessions", "batchRows": 3});
-    spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     let spec: ElasticsearchSpec = serde_json::from_value(spec).unwrap();
     let metrics = SinkMetrics::register(&prometheus::Registry::new()).unwrap();
-    ElasticsearchSink::new("search", SinkInput::Windows, &spec, secrets, metrics.meter("search"))
-        .unwrap()
-        .with_retry(RetryPolicy {
-            min: Duration::from_millis(10),
-            max: Duration::from_millis(50),
-            attempts: Some(5),
-        })
+    ElasticsearchSink::new(
+        "search",
+        SinkInput::Windows,
+        &spec,
+        secrets,
+        metrics.meter("search"),
+    )
+    .unwrap()
+    .with_retry(RetryPolicy {
+        min: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        attempts: Some(5),
+    })
 }
 
 fn key(epoch: u64) -> EpochKey {
@@ -74,10 +85,13 @@ const USERS: [&str; 7] = ["ann", "bob", "cy", "dee", "eve", "fay", "gus"];
 #[tokio::test]
 async fn documents_get_deterministic_ids_and_a_replay_overwrites_them() {
     let es = Elasticsearch::start().await;
-    let mut sink = sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
+    let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
     sink.open(window_schema()).await.unwrap();
     let rows = window_rows(&USERS);
-    assert_eq!(sink.write_epoch(&key(4), &[rows.clone()]).await.unwrap(), WriteOutcome::Written { rows: 7 });
+    assert_eq!(
+        sink.write_epoch(&key(4), &[rows.clone()]).await.unwrap(),
+        WriteOutcome::Written { rows: 7 }
+    );
     let documents = es.documents("sessions");
     assert_eq!(documents.len(), 7);
     let id = "uid-1/2026-11-24T10:00:00Z/2026-11-24T10:01:00Z/cy";
@@ -87,52 +101,86 @@ async fn documents_get_deterministic_ids_and_a_replay_overwrites_them() {
     assert_eq!(cy.source["window_start"], "2026-11-24T10:00:00Z");
     // 7 documents in requests of at most 3, each request well-formed.
     let requests = es.requests();
-    assert_eq!(requests.iter().map(|r| r.actions).collect::<Vec<_>>(), vec![3, 3, 1]);
+    assert_eq!(
+        requests.iter().map(|r| r.actions).collect::<Vec<_>>(),
+        vec![3, 3, 1]
+    );
     assert!(requests.iter().all(|r| r.protocol_error.is_none()));
 
     sink.write_epoch(&key(4), &[rows]).await.unwrap();
     let replayed = es.documents("sessions");
     assert_eq!(replayed.len(), 7, "a replay adds no document");
-    assert!(replayed.values().all(|d| d.version == 2), "a replay overwrites");
+    assert!(
+        replayed.values().all(|d| d.version == 2),
+        "a replay overwrites"
+    );
 }
 
 #[tokio::test]
 async fn items_refused_with_429_or_503_are_sent_again_until_indexed() {
     let es = Elasticsearch::start().await;
-    let mut sink = sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
+    let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
     sink.open(window_schema()).await.unwrap();
     let id = |user: &str| format!("uid-1/2026-11-24T10:00:00Z/2026-11-24T10:01:00Z/{user}");
     es.fail_item(&id("bob"), ItemFailure::Rejected, 2);
     es.fail_item(&id("fay"), ItemFailure::Unavailable, 1);
     es.fail_next_request(503);
-    sink.write_epoch(&key(0), &[window_rows(&USERS)]).await.unwrap();
+    sink.write_epoch(&key(0), &[window_rows(&USERS)])
+        .await
+        .unwrap();
 
     let documents = es.documents("sessions");
     assert_eq!(documents.len(), 7, "every document indexed in the end");
-    assert!(documents.values().all(|d| d.version == 1), "nothing was indexed twice");
+    assert!(
+        documents.values().all(|d| d.version == 1),
+        "nothing was indexed twice"
+    );
     let sent: Vec<Vec<String>> = es.requests().into_iter().map(|r| r.ids).collect();
     let resent_bob = sent.iter().flatten().filter(|i| **i == id("bob")).count();
-    assert_eq!(resent_bob, 4, "bob: first request failed whole, then 2 refusals, then indexed: {sent:?}");
-    // Retries carry only the refused documents.
-    assert!(sent.iter().skip(3).all(|ids| ids.iter().all(|i| *i == id("bob") || *i == id("fay"))), "{sent:?}");
+    assert_eq!(
+        resent_bob, 4,
+        "bob: first request failed whole, then 2 refusals, then indexed: {sent:?}"
+    );
+    // The whole failed first request is sent again, then only refused documents.
+    assert_eq!(sent[3], sent[0]);
+    assert!(
+        sent.iter()
+            .skip(4)
+            .all(|ids| ids.iter().all(|i| *i == id("bob") || *i == id("fay"))),
+        "{sent:?}"
+    );
 }
 
 #[tokio::test]
 async fn documents_that_can_never_be_indexed_fail_the_epoch_with_the_reason() {
     let es = Elasticsearch::start().await;
-    let mut sink = sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
+    let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
     let id = "uid-1/2026-11-24T10:00:00Z/2026-11-24T10:01:00Z/dee";
     es.fail_item(id, ItemFailure::MapperParsing, usize::MAX);
-    let error = sink.write_epoch(&key(0), &[window_rows(&USERS)]).await.unwrap_err().to_string();
+    let error = sink
+        .write_epoch(&key(0), &[window_rows(&USERS)])
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains(id), "{error}");
-    assert!(error.contains("400 mapper_parsing_exception: failed to parse field [value]"), "{error}");
+    assert!(
+        error.contains("400 mapper_parsing_exception: failed to parse field [value]"),
+        "{error}"
+    );
 
     // Retryable refusals that never stop give up with a count, not silence.
     let es = Elasticsearch::start().await;
-    let mut sink = sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
+    let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
     es.fail_item(id, ItemFailure::Rejected, usize::MAX);
-    let error = sink.write_epoch(&key(0), &[window_rows(&USERS)]).await.unwrap_err().to_string();
-    assert!(error.contains("1 documents still refused after 6 attempts"), "{error}");
+    let error = sink
+        .write_epoch(&key(0), &[window_rows(&USERS)])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("1 documents still refused after 6 attempts"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -140,17 +188,33 @@ async fn credentials_come_from_secrets_and_never_show_in_errors() {
     let es = Elasticsearch::start().await;
     let secrets = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(secrets.path().join("es-writer")).unwrap();
-    std::fs::write(secrets.path().join("es-writer/api-key"), "a2V5OnNlY3JldA==\n").unwrap();
-    let mut sink = sink(
+    std::fs::write(
+        secrets.path().join("es-writer/api-key"),
+        "a2V5OnNlY3JldA==\n",
+    )
+    .unwrap();
+    let mut sink = es_sink(
         &es,
         json!({"apiKeySecretRef": {"name": "es-writer", "key": "api-key"}}),
         &Secrets::in_dir(secrets.path()),
     );
-    sink.write_epoch(&key(0), &[window_rows(&USERS[..2])]).await.unwrap();
-    assert_eq!(es.requests()[0].authorization.as_deref(), Some("ApiKey a2V5OnNlY3JldA=="));
+    sink.write_epoch(&key(0), &[window_rows(&USERS[..2])])
+        .await
+        .unwrap();
+    assert_eq!(
+        es.requests()[0].authorization.as_deref(),
+        Some("ApiKey a2V5OnNlY3JldA==")
+    );
 
     es.fail_next_request(400);
-    let error = sink.write_epoch(&key(1), &[window_rows(&USERS[..2])]).await.unwrap_err().to_string();
-    assert!(error.contains("400") && error.contains("scripted failure"), "{error}");
+    let error = sink
+        .write_epoch(&key(1), &[window_rows(&USERS[..2])])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("400") && error.contains("scripted failure"),
+        "{error}"
+    );
     assert!(!error.contains("a2V5OnNlY3JldA"), "{error}");
 }
