@@ -142,10 +142,10 @@ impl ElasticsearchSink {
         }
         let mut row: Map<String, Value> = serde_json::from_slice(line)
             .map_err(|e| self.failed(format!("row is not JSON: {e}")))?;
-        if let Some(Value::String(event)) = row.get("event") {
-            if let Ok(event) = serde_json::from_str::<Value>(event) {
-                row.insert("event".into(), event);
-            }
+        if let Some(Value::String(event)) = row.get("event")
+            && let Ok(event) = serde_json::from_str::<Value>(event)
+        {
+            row.insert("event".into(), event);
         }
         serde_json::to_vec(&row).map_err(|e| self.failed(e.to_string()))
     }

@@ -517,7 +517,7 @@ impl RestSource {
         while position.seq < end.seq && !position.same_place(end) {
             let budget = u64::try_from(end.seq - position.seq).unwrap_or(0);
             let at = position.clone();
-            let this = &*self;
+            let this = self;
             let attempt = || {
                 let at = at.clone();
                 async move {
