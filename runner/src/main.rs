@@ -20,7 +20,11 @@ use sluice_runner::{
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "sluice-runner", version, about = "Sluice stream-processing runner")]
+#[command(
+    name = "sluice-runner",
+    version,
+    about = "Sluice stream-processing runner"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,11 +84,14 @@ fn main() -> anyhow::Result<()> {
 fn init_logging(spec: &StreamPipelineSpec, interactive: bool) {
     use tracing_subscriber::EnvFilter;
     // On a terminal the progress line says what matters; keep logs to warnings.
-    let default = spec
-        .runner
-        .log_level
-        .clone()
-        .unwrap_or_else(|| if interactive { "warn" } else { "info" }.into());
+    let default = spec.runner.log_level.clone().unwrap_or_else(|| {
+        if interactive {
+            "warn"
+        } else {
+            "warn,sluice_runner=info"
+        }
+        .into()
+    });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -215,8 +222,11 @@ async fn print_summary(spec: &StreamPipelineSpec, summary: &RunSummary) {
         match read_table(&delta.uri).await {
             Ok(batches) => {
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                println!("Delta table {} ({}): {rows} rows; first rows:", sink.name, delta.uri);
-                let first = first_rows(&batches, 12);
+                println!(
+                    "Delta table {} ({}): {rows} rows; the latest windows:",
+                    sink.name, delta.uri
+                );
+                let first = latest_rows(&batches, 12);
                 match arrow::util::pretty::pretty_format_batches(&first) {
                     Ok(table) => println!("{table}"),
                     Err(error) => println!("cannot format rows: {error}"),
@@ -227,8 +237,8 @@ async fn print_summary(spec: &StreamPipelineSpec, summary: &RunSummary) {
     }
 }
 
-/// The first `n` rows by window start (or as stored, for tables without one).
-fn first_rows(batches: &[arrow::array::RecordBatch], n: usize) -> Vec<arrow::array::RecordBatch> {
+/// The `n` rows with the latest window start (or as stored, for tables without one).
+fn latest_rows(batches: &[arrow::array::RecordBatch], n: usize) -> Vec<arrow::array::RecordBatch> {
     let Some(schema) = batches.first().map(|b| b.schema()) else {
         return Vec::new();
     };
@@ -237,7 +247,13 @@ fn first_rows(batches: &[arrow::array::RecordBatch], n: usize) -> Vec<arrow::arr
     };
     let sorted = all
         .column_by_name("window_start")
-        .and_then(|column| arrow::compute::sort_to_indices(column, None, Some(n)).ok())
+        .and_then(|column| {
+            let descending = arrow::compute::SortOptions {
+                descending: true,
+                nulls_first: false,
+            };
+            arrow::compute::sort_to_indices(column, Some(descending), Some(n)).ok()
+        })
         .and_then(|indices| arrow::compute::take_record_batch(&all, &indices).ok());
     vec![sorted.unwrap_or_else(|| all.slice(0, n.min(all.num_rows())))]
 }

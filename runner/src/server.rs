@@ -27,10 +27,7 @@ pub fn router(telemetry: Arc<Telemetry>) -> Router {
         .route(
             "/metrics",
             get(|State(t): State<Arc<Telemetry>>| async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    t.render(),
-                )
+                ([("content-type", "text/plain; version=0.0.4")], t.render())
             }),
         )
         .route(
@@ -42,10 +39,7 @@ pub fn router(telemetry: Arc<Telemetry>) -> Router {
 
 /// Binds `address` and serves in the background; returns the bound address
 /// (useful with port 0).
-pub async fn serve(
-    address: SocketAddr,
-    telemetry: Arc<Telemetry>,
-) -> std::io::Result<SocketAddr> {
+pub async fn serve(address: SocketAddr, telemetry: Arc<Telemetry>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
     let app = router(telemetry);

@@ -20,10 +20,7 @@ pub enum StorageError {
         error: object_store::Error,
     },
     #[error("cannot create the local folder {path}: {error}")]
-    LocalFolder {
-        path: String,
-        error: std::io::Error,
-    },
+    LocalFolder { path: String, error: std::io::Error },
     #[error("unsupported storage URI {0}: use a local path, file:// or s3://")]
     Unsupported(String),
 }

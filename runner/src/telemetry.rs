@@ -45,12 +45,18 @@ impl Telemetry {
             Ok(histogram)
         };
         let dead_lettered = IntCounterVec::new(
-            Opts::new("dead_lettered_events_total", "Events sent to the dead-letter output (or dropped, for late events with lateEvents: drop), by reason"),
+            Opts::new(
+                "dead_lettered_events_total",
+                "Events sent to the dead-letter output (or dropped, for late events with lateEvents: drop), by reason",
+            ),
             &["reason"],
         )?;
         registry.register(Box::new(dead_lettered.clone()))?;
         let consumer_lag = IntGaugeVec::new(
-            Opts::new("consumer_lag_records", "Records between the last planned position and the end of each source partition"),
+            Opts::new(
+                "consumer_lag_records",
+                "Records between the last planned position and the end of each source partition",
+            ),
             &["stream", "partition"],
         )?;
         registry.register(Box::new(consumer_lag.clone()))?;
@@ -73,13 +79,28 @@ impl Telemetry {
         )?;
         registry.register(Box::new(open_window_entries.clone()))?;
         Ok(Self {
-            events_processed: counter("events_processed_total", "Records read from the source and processed")?,
-            late_events: counter("late_events_total", "Events older than the watermark in force")?,
-            filtered_events: counter("filtered_events_total", "Events dropped by filter transforms")?,
+            events_processed: counter(
+                "events_processed_total",
+                "Records read from the source and processed",
+            )?,
+            late_events: counter(
+                "late_events_total",
+                "Events older than the watermark in force",
+            )?,
+            filtered_events: counter(
+                "filtered_events_total",
+                "Events dropped by filter transforms",
+            )?,
             windows_emitted: counter("windows_emitted_total", "Window rows emitted")?,
             epochs: counter("epochs_total", "Epochs (micro-batches) completed")?,
-            epoch_seconds: histogram("epoch_processing_seconds", "Time to process one epoch, from reading to committed sinks")?,
-            checkpoint_seconds: histogram("checkpoint_duration_seconds", "Time to write one checkpoint")?,
+            epoch_seconds: histogram(
+                "epoch_processing_seconds",
+                "Time to process one epoch, from reading to committed sinks",
+            )?,
+            checkpoint_seconds: histogram(
+                "checkpoint_duration_seconds",
+                "Time to write one checkpoint",
+            )?,
             watermark_lag_seconds,
             consumer_lag,
             consumer_lag_seconds,
@@ -130,25 +151,37 @@ pub struct SinkMetrics {
 
 impl SinkMetrics {
     pub fn register(registry: &Registry) -> Result<Self, TelemetryError> {
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, TelemetryError> {
-            let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(counter.clone()))?;
-            Ok(counter)
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, TelemetryError> {
+                let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(counter.clone()))?;
+                Ok(counter)
+            };
         let request_seconds = HistogramVec::new(
-            HistogramOpts::new("sink_request_duration_seconds", "Time of one sink request (an INSERT, a _bulk call)")
-                .buckets(exponential_buckets(0.001, 2.0, 16)?),
+            HistogramOpts::new(
+                "sink_request_duration_seconds",
+                "Time of one sink request (an INSERT, a _bulk call)",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 16)?),
             &["sink"],
         )?;
         registry.register(Box::new(request_seconds.clone()))?;
         Ok(Self {
-            rows_written: counter("sink_rows_written_total", "Rows a sink wrote (replays included)", &["sink"])?,
+            rows_written: counter(
+                "sink_rows_written_total",
+                "Rows a sink wrote (replays included)",
+                &["sink"],
+            )?,
             requests: counter(
                 "sink_requests_total",
                 "Sink requests by outcome: ok, transient (retried) or permanent (failed)",
                 &["sink", "outcome"],
             )?,
-            retries: counter("sink_retries_total", "Sink requests sent again after a transient failure", &["sink"])?,
+            retries: counter(
+                "sink_retries_total",
+                "Sink requests sent again after a transient failure",
+                &["sink"],
+            )?,
             item_retries: counter(
                 "sink_item_retries_total",
                 "Documents refused with 429/5xx inside a successful bulk request and sent again",

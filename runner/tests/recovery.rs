@@ -20,7 +20,12 @@ async fn killed_runs_resume_to_exactly_the_expected_rows() {
     let manifest = dir.path().join("pipeline.yaml");
     std::fs::write(
         &manifest,
-        reference_manifest(&data, table.to_str().unwrap(), checkpoints.to_str().unwrap(), "100ms"),
+        reference_manifest(
+            &data,
+            table.to_str().unwrap(),
+            checkpoints.to_str().unwrap(),
+            "100ms",
+        ),
     )
     .unwrap();
 
@@ -31,7 +36,10 @@ async fn killed_runs_resume_to_exactly_the_expected_rows() {
         ("epoch committed", 14),
     ] {
         let (mut child, logs) = spawn_runner(&manifest, &[]);
-        assert!(wait_for_log(&logs, message, epoch), "no {message:?} log for epoch {epoch}");
+        assert!(
+            wait_for_log(&logs, message, epoch),
+            "no {message:?} log for epoch {epoch}"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

@@ -32,7 +32,10 @@ async fn killed_runs_on_s3_resume_to_exactly_the_expected_rows() {
         ("checkpoint written", 7),
     ] {
         let (mut child, logs) = spawn_runner(&manifest, &env);
-        assert!(wait_for_log(&logs, message, epoch), "no {message:?} log for epoch {epoch}");
+        assert!(
+            wait_for_log(&logs, message, epoch),
+            "no {message:?} log for epoch {epoch}"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

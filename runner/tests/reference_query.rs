@@ -19,7 +19,12 @@ async fn reference_query_matches_a_batch_computation_row_by_row() {
     let manifest = dir.path().join("pipeline.yaml");
     std::fs::write(
         &manifest,
-        reference_manifest(&data, table.to_str().unwrap(), checkpoints.to_str().unwrap(), "0s"),
+        reference_manifest(
+            &data,
+            table.to_str().unwrap(),
+            checkpoints.to_str().unwrap(),
+            "0s",
+        ),
     )
     .unwrap();
 
@@ -36,13 +41,18 @@ async fn reference_query_matches_a_batch_computation_row_by_row() {
     }
 
     // Every late and malformed event is in the dead-letter output, with its reason.
-    let malformed = lines.iter().filter(|l| matches!(l, Line::Malformed(_))).count();
+    let malformed = lines
+        .iter()
+        .filter(|l| matches!(l, Line::Malformed(_)))
+        .count();
     let mut reasons = std::collections::BTreeMap::<String, usize>::new();
     for file in std::fs::read_dir(checkpoints.join("dead-letter/replica-0")).unwrap() {
         let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
         for line in text.lines() {
             let json: serde_json::Value = serde_json::from_str(line).unwrap();
-            *reasons.entry(json["reason"].as_str().unwrap().to_owned()).or_default() += 1;
+            *reasons
+                .entry(json["reason"].as_str().unwrap().to_owned())
+                .or_default() += 1;
             assert!(json["payload"].is_string() && json["offset"].is_i64());
         }
     }

@@ -54,7 +54,9 @@ pub enum CheckpointError {
         uri: String,
         error: object_store::Error,
     },
-    #[error("checkpoint store {uri}: {object} already exists; is another runner using replica {replica}?")]
+    #[error(
+        "checkpoint store {uri}: {object} already exists; is another runner using replica {replica}?"
+    )]
     Conflict {
         uri: String,
         object: String,
@@ -171,7 +173,13 @@ impl ObjectStoreCheckpoints {
             .map_err(|e| self.store_error(e))?;
         let mut epochs: Vec<u64> = objects
             .iter()
-            .filter_map(|meta| meta.location.filename()?.strip_suffix(".json")?.parse().ok())
+            .filter_map(|meta| {
+                meta.location
+                    .filename()?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
             .collect();
         epochs.sort_unstable();
         Ok(epochs)
@@ -202,7 +210,11 @@ impl ObjectStoreCheckpoints {
 #[async_trait]
 impl CheckpointStore for ObjectStoreCheckpoints {
     fn uri(&self) -> String {
-        format!("{}/replica-{}", self.uri.trim_end_matches('/'), self.replica)
+        format!(
+            "{}/replica-{}",
+            self.uri.trim_end_matches('/'),
+            self.replica
+        )
     }
 
     async fn put_plan(&self, plan: &EpochPlan) -> Result<(), CheckpointError> {
@@ -220,7 +232,8 @@ impl CheckpointStore for ObjectStoreCheckpoints {
     }
 
     async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-        self.put_once(CHECKPOINTS, checkpoint.epoch, checkpoint).await
+        self.put_once(CHECKPOINTS, checkpoint.epoch, checkpoint)
+            .await
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, CheckpointError> {
@@ -232,7 +245,8 @@ impl CheckpointStore for ObjectStoreCheckpoints {
 
     async fn prune(&self, keep: usize) -> Result<usize, CheckpointError> {
         let checkpoints = self.epochs(CHECKPOINTS).await?;
-        let Some(&oldest_kept) = checkpoints.iter().rev().take(keep.max(1)).last() else {
+        let Some(&oldest_kept) = checkpoints.get(checkpoints.len().saturating_sub(keep.max(1)))
+        else {
             return Ok(0);
         };
         let mut doomed: Vec<Path> = checkpoints

@@ -25,7 +25,10 @@ pub enum Reason {
     /// A transform could not be evaluated on it.
     Transform(String),
     /// Its event time was before the watermark in force for its epoch.
-    Late { event_time: String, watermark: String },
+    Late {
+        event_time: String,
+        watermark: String,
+    },
 }
 
 impl Reason {
@@ -84,8 +87,11 @@ pub enum DeadLetterError {
 pub trait DeadLetter: Send {
     /// Writes one epoch's dead events (never called with none), once per key:
     /// a replayed epoch's identical events must not be written twice.
-    async fn write_epoch(&mut self, key: &EpochKey, events: &[DeadEvent])
-    -> Result<(), DeadLetterError>;
+    async fn write_epoch(
+        &mut self,
+        key: &EpochKey,
+        events: &[DeadEvent],
+    ) -> Result<(), DeadLetterError>;
 }
 
 /// Builds the dead-letter output: the spec's, or JSON lines under

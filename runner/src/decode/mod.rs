@@ -107,8 +107,8 @@ impl Decoder {
         if !(trimmed.starts_with(b"{") && trimmed.ends_with(b"}")) {
             return Err("not a JSON object".into());
         }
-        let found = sonic_rs::get_many(trimmed, &self.tree)
-            .map_err(|e| format!("invalid JSON: {e}"))?;
+        let found =
+            sonic_rs::get_many(trimmed, &self.tree).map_err(|e| format!("invalid JSON: {e}"))?;
         values.clear();
         for value in found {
             values.push(match value {
@@ -163,12 +163,16 @@ fn field_value(raw: Cow<'_, str>) -> Result<FieldValue<'_>, String> {
         _ => {
             let text: &str = &raw;
             if text.contains(['.', 'e', 'E']) {
-                FieldValue::Float(text.parse().map_err(|e| format!("invalid number {text}: {e}"))?)
+                FieldValue::Float(
+                    text.parse()
+                        .map_err(|e| format!("invalid number {text}: {e}"))?,
+                )
             } else {
                 match text.parse() {
                     Ok(int) => FieldValue::Int(int),
                     Err(_) => FieldValue::Float(
-                        text.parse().map_err(|e| format!("invalid number {text}: {e}"))?,
+                        text.parse()
+                            .map_err(|e| format!("invalid number {text}: {e}"))?,
                     ),
                 }
             }
@@ -181,10 +185,18 @@ mod tests {
     use super::*;
 
     fn decoder(format: &str) -> Decoder {
-        let format: JsonFormat =
-            serde_json::from_value(serde_json::json!({"timestampField": "ts", "timestampFormat": format}))
-                .unwrap();
-        Decoder::new(&format, ["event_type".to_owned(), "user.id".to_owned(), "value".to_owned()])
+        let format: JsonFormat = serde_json::from_value(
+            serde_json::json!({"timestampField": "ts", "timestampFormat": format}),
+        )
+        .unwrap();
+        Decoder::new(
+            &format,
+            [
+                "event_type".to_owned(),
+                "user.id".to_owned(),
+                "value".to_owned(),
+            ],
+        )
     }
 
     #[test]
@@ -202,8 +214,14 @@ mod tests {
     #[test]
     fn epoch_formats() {
         let mut values = Vec::new();
-        assert_eq!(decoder("epochMillis").decode(br#"{"ts":1500}"#, &mut values), Ok(1500));
-        assert_eq!(decoder("epochSeconds").decode(br#"{"ts":1.5}"#, &mut values), Ok(1500));
+        assert_eq!(
+            decoder("epochMillis").decode(br#"{"ts":1500}"#, &mut values),
+            Ok(1500)
+        );
+        assert_eq!(
+            decoder("epochSeconds").decode(br#"{"ts":1.5}"#, &mut values),
+            Ok(1500)
+        );
     }
 
     #[test]
@@ -213,14 +231,20 @@ mod tests {
         let cases: [(&[u8], &str); 6] = [
             (b"not json", "not a JSON object"),
             (b"[1,2]", "not a JSON object"),
-            (br#"{"ts":"2026-11-24T10:00:00Z","event_type":"x""#, "not a JSON object"),
+            (
+                br#"{"ts":"2026-11-24T10:00:00Z","event_type":"x""#,
+                "not a JSON object",
+            ),
             (br#"{"event_type":"x"}"#, "ts is missing"),
             (br#"{"ts":"yesterday"}"#, "not an RFC 3339 time"),
             (br#"{"ts":12}"#, "a number, not a Rfc3339 time"),
         ];
         for (event, reason) in cases {
             let error = d.decode(event, &mut values).unwrap_err();
-            assert!(error.contains(reason), "{error:?} should mention {reason:?}");
+            assert!(
+                error.contains(reason),
+                "{error:?} should mention {reason:?}"
+            );
         }
     }
 }

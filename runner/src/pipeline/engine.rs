@@ -93,7 +93,10 @@ impl Engine {
             fields.extend(window.group_by.iter().cloned());
             for aggregation in &window.aggregations {
                 let (kind, field) = AggregateKind::from_spec(aggregation).ok_or_else(|| {
-                    EngineError::Window(format!("aggregation {} sets no function", aggregation.name))
+                    EngineError::Window(format!(
+                        "aggregation {} sets no function",
+                        aggregation.name
+                    ))
                 })?;
                 fields.extend(field.map(str::to_owned));
                 aggregates.push((aggregation.name.clone(), kind, field.map(str::to_owned)));
@@ -114,7 +117,11 @@ impl Engine {
                 let kind = WindowKind::from_spec(window).ok_or_else(|| {
                     EngineError::Window("set exactly one positive window shape".into())
                 })?;
-                let group_slots = window.group_by.iter().filter_map(|p| decoder.slot(p)).collect();
+                let group_slots = window
+                    .group_by
+                    .iter()
+                    .filter_map(|p| decoder.slot(p))
+                    .collect();
                 let inputs = aggregates
                     .iter()
                     .map(|(_, kind, field)| {
@@ -186,7 +193,9 @@ impl Engine {
 
     /// Processes one chunk of the epoch.
     pub fn process(&mut self, run: &mut EpochRun, chunk: &Chunk) {
-        let range = chunk.range_index.min(run.partitions.len().saturating_sub(1));
+        let range = chunk
+            .range_index
+            .min(run.partitions.len().saturating_sub(1));
         let partition = &run.partitions[range];
         let mut values: Vec<FieldValue<'_>> = Vec::with_capacity(self.decoder.paths().len());
         let mut key = Vec::with_capacity(64);
@@ -227,7 +236,10 @@ impl Engine {
                     }
                 }
                 // A compute step may have replaced the event time.
-                time = match self.decoder.event_time(&values[crate::decode::TIMESTAMP_SLOT]) {
+                time = match self
+                    .decoder
+                    .event_time(&values[crate::decode::TIMESTAMP_SLOT])
+                {
                     Ok(time) => time,
                     Err(reason) => {
                         run.counts.transform_failed += 1;
@@ -327,7 +339,8 @@ fn merge_computed<'a>(
     if computed.is_empty() {
         return text;
     }
-    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str::<serde_json::Value>(&text)
+    let Ok(serde_json::Value::Object(mut object)) =
+        serde_json::from_str::<serde_json::Value>(&text)
     else {
         return text;
     };
@@ -459,7 +472,9 @@ mod tests {
         assert_eq!(output.counts.filtered, 1);
         // `2 * 100.0` mixes int and double, which CEL refuses: dead-lettered, not dropped.
         assert_eq!(output.counts.transform_failed, 1);
-        assert!(matches!(&output.dead[0].reason, Reason::Transform(r) if r.contains("value * 100.0")));
+        assert!(
+            matches!(&output.dead[0].reason, Reason::Transform(r) if r.contains("value * 100.0"))
+        );
         let rows = crate::sink::rows_as_json(&[output.windows.unwrap()]).unwrap();
         let rows: Vec<serde_json::Value> = String::from_utf8(rows)
             .unwrap()
@@ -475,7 +490,10 @@ mod tests {
     #[test]
     fn late_and_malformed_events_are_dead_lettered_and_counted() {
         let mut engine = Engine::new(&spec(serde_json::json!({})), false).unwrap();
-        epoch(&mut engine, &[r#"{"timestamp":"2026-11-24T10:05:00Z","event_type":"view"}"#]);
+        epoch(
+            &mut engine,
+            &[r#"{"timestamp":"2026-11-24T10:05:00Z","event_type":"view"}"#],
+        );
         let output = epoch(
             &mut engine,
             &[

@@ -141,12 +141,24 @@ impl Pipeline {
             .iter()
             .map(|sink| sink::from_spec(sink, &telemetry.sinks))
             .collect::<Result<Vec<_>, _>>()?;
-        let dead_letter = dead_letter::from_spec(spec.dead_letter.as_ref(), &spec.source, &spec.checkpoint.uri)?;
+        let dead_letter = dead_letter::from_spec(
+            spec.dead_letter.as_ref(),
+            &spec.source,
+            &spec.checkpoint.uri,
+        )?;
         let checkpoints = Arc::new(ObjectStoreCheckpoints::open(
             &spec.checkpoint.uri,
             identity.replica,
         )?);
-        Self::new(spec, identity, source, sinks, dead_letter, checkpoints, telemetry)
+        Self::new(
+            spec,
+            identity,
+            source,
+            sinks,
+            dead_letter,
+            checkpoints,
+            telemetry,
+        )
     }
 
     /// A pipeline over given implementations.
@@ -171,7 +183,9 @@ impl Pipeline {
             telemetry,
             trigger: spec.trigger.interval.as_std(),
             checkpoint_interval: spec.checkpoint.interval.as_std(),
-            retain_epochs: usize::try_from(spec.checkpoint.retain_epochs).unwrap_or(1).max(1),
+            retain_epochs: usize::try_from(spec.checkpoint.retain_epochs)
+                .unwrap_or(1)
+                .max(1),
             idle_timeout: spec
                 .window
                 .as_ref()
@@ -194,7 +208,10 @@ impl Pipeline {
     /// Runs until the source is exhausted or `stop` turns true; then
     /// checkpoints and returns. Recovers first: restores the newest
     /// checkpoint and replays the epochs planned after it.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<RunSummary, PipelineError> {
+    pub async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<RunSummary, PipelineError> {
         self.open_sinks().await?;
         let mut delays = retry_delays();
         let mut last_failure = Instant::now();
@@ -270,7 +287,11 @@ impl Pipeline {
             let wait = self.trigger.saturating_sub(started.elapsed());
             if !wait.is_zero() || !has_data {
                 // An empty plan already waited in the source; pause a little anyway.
-                let pause = if has_data { wait } else { wait.max(Duration::from_millis(50)) };
+                let pause = if has_data {
+                    wait
+                } else {
+                    wait.max(Duration::from_millis(50))
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => {}
@@ -314,7 +335,11 @@ impl Pipeline {
         }
         let plans = self.checkpoints.plans_after(self.last_epoch).await?;
         let expected = self.last_epoch.map_or(0, |e| e + 1);
-        if plans.iter().enumerate().any(|(i, p)| p.epoch != expected + i as u64) {
+        if plans
+            .iter()
+            .enumerate()
+            .any(|(i, p)| p.epoch != expected + i as u64)
+        {
             return Err(PipelineError::PlanGap {
                 checkpoint: self.last_epoch,
                 found: plans.iter().map(|p| p.epoch).collect(),
@@ -337,7 +362,10 @@ impl Pipeline {
         ranges
             .iter()
             .filter(|range| {
-                let last = *self.last_active.entry(range.partition.clone()).or_insert(now);
+                let last = *self
+                    .last_active
+                    .entry(range.partition.clone())
+                    .or_insert(now);
                 if !range.is_empty() {
                     self.last_active.insert(range.partition.clone(), now);
                     return false;
@@ -378,7 +406,12 @@ impl Pipeline {
                 continue;
             }
             let outcome = sink.write_epoch(&key(sink.name()), &rows).await?;
-            tracing::debug!(epoch = plan.epoch, sink = sink.name(), ?outcome, "sink written");
+            tracing::debug!(
+                epoch = plan.epoch,
+                sink = sink.name(),
+                ?outcome,
+                "sink written"
+            );
         }
         if !output.dead.is_empty() {
             self.dead_letter
@@ -386,7 +419,8 @@ impl Pipeline {
                 .await?;
         }
         for range in &plan.ranges {
-            self.positions.insert(range.partition.clone(), range.end.clone());
+            self.positions
+                .insert(range.partition.clone(), range.end.clone());
         }
         self.last_epoch = Some(plan.epoch);
         self.last_idle.clone_from(&plan.idle);
@@ -466,14 +500,20 @@ impl Pipeline {
         let watermark = self.engine.watermark();
         if let Some(watermark) = watermark {
             let now = jiff::Timestamp::now().as_millisecond();
-            t.watermark_lag_seconds.set((now - watermark) as f64 / 1000.0);
+            t.watermark_lag_seconds
+                .set((now - watermark) as f64 / 1000.0);
         }
         let backlog = self.source.backlog();
         if let Some(backlog) = &backlog {
             for b in backlog {
-                let labels = [b.partition.stream.as_str(), &b.partition.partition.to_string()];
+                let labels = [
+                    b.partition.stream.as_str(),
+                    &b.partition.partition.to_string(),
+                ];
                 t.consumer_lag.with_label_values(&labels).set(b.records);
-                t.consumer_lag_seconds.with_label_values(&labels).set(b.seconds);
+                t.consumer_lag_seconds
+                    .with_label_values(&labels)
+                    .set(b.seconds);
             }
         }
         let total = &mut self.summary.counts;

@@ -41,7 +41,7 @@ impl DeltaSink {
     fn error(&self, error: DeltaTableError) -> SinkError {
         SinkError::Delta {
             sink: self.name.clone(),
-            error,
+            error: Box::new(error),
         }
     }
 

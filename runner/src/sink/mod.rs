@@ -35,7 +35,8 @@ use sluice_crds::{SinkInput, SinkSpec};
 use crate::{secrets::Secrets, telemetry::SinkMetrics};
 
 pub use self::{
-    clickhouse::ClickHouseSink, delta::DeltaSink, elasticsearch::ElasticsearchSink, stdout::StdoutSink,
+    clickhouse::ClickHouseSink, delta::DeltaSink, elasticsearch::ElasticsearchSink,
+    stdout::StdoutSink,
 };
 
 /// The columns of event rows; the first three identify a row.
@@ -86,7 +87,7 @@ pub enum SinkError {
     #[error("sink {sink}: {error}")]
     Delta {
         sink: String,
-        error: deltalake::DeltaTableError,
+        error: Box<deltalake::DeltaTableError>,
     },
     #[error("sink kind {0} is not available in this build")]
     NotBuilt(&'static str),
@@ -124,12 +125,24 @@ pub fn from_spec(spec: &SinkSpec, metrics: &SinkMetrics) -> Result<Box<dyn Sink>
     }
     if let Some(clickhouse) = &spec.clickhouse {
         let meter = metrics.meter(&spec.name);
-        let sink = ClickHouseSink::new(&spec.name, spec.input, clickhouse, &Secrets::from_env(), meter)?;
+        let sink = ClickHouseSink::new(
+            &spec.name,
+            spec.input,
+            clickhouse,
+            &Secrets::from_env(),
+            meter,
+        )?;
         return Ok(Box::new(sink));
     }
     if let Some(elasticsearch) = &spec.elasticsearch {
         let meter = metrics.meter(&spec.name);
-        let sink = ElasticsearchSink::new(&spec.name, spec.input, elasticsearch, &Secrets::from_env(), meter)?;
+        let sink = ElasticsearchSink::new(
+            &spec.name,
+            spec.input,
+            elasticsearch,
+            &Secrets::from_env(),
+            meter,
+        )?;
         return Ok(Box::new(sink));
     }
     Err(SinkError::Failed {

@@ -79,7 +79,10 @@ pub mod positions_as_list {
 
     use super::{PartitionId, Position, Positions};
 
-    pub fn serialize<S: Serializer>(positions: &Positions, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        positions: &Positions,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(positions.iter())
     }
 
@@ -284,7 +287,9 @@ pub enum SourceError {
         field: &'static str,
         message: String,
     },
-    #[error("{source_kind} source: the checkpoint holds position {position:?} for {partition}, which this source cannot use")]
+    #[error(
+        "{source_kind} source: the checkpoint holds position {position:?} for {partition}, which this source cannot use"
+    )]
     BadPosition {
         source_kind: &'static str,
         partition: PartitionId,
@@ -333,7 +338,10 @@ pub trait Source: Send {
 
 /// Builds the source a spec names. Sources that need credentials get them
 /// from the environment the runner's pod mounts from the referenced Secrets.
-pub fn from_spec(spec: &SourceSpec, context: &SourceContext) -> Result<Box<dyn Source>, SourceError> {
+pub fn from_spec(
+    spec: &SourceSpec,
+    context: &SourceContext,
+) -> Result<Box<dyn Source>, SourceError> {
     if let Some(generator) = &spec.generator {
         return Ok(Box::new(GeneratorSource::new(generator, context)?));
     }
@@ -347,7 +355,11 @@ pub fn from_spec(spec: &SourceSpec, context: &SourceContext) -> Result<Box<dyn S
         return Ok(Box::new(event_hub_source(event_hub, context)?));
     }
     if let Some(rest) = &spec.rest {
-        return Ok(Box::new(RestSource::new(rest, context, &crate::secrets::Secrets::from_env())?));
+        return Ok(Box::new(RestSource::new(
+            rest,
+            context,
+            &crate::secrets::Secrets::from_env(),
+        )?));
     }
     Err(SourceError::InvalidSpec {
         source_kind: "unknown",

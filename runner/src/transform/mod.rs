@@ -72,7 +72,10 @@ pub fn referenced_fields(transforms: &[Transform]) -> Result<Vec<String>, Transf
     Ok(fields)
 }
 
-fn expression_of(index: usize, transform: &Transform) -> Result<(&str, Option<&str>), TransformError> {
+fn expression_of(
+    index: usize,
+    transform: &Transform,
+) -> Result<(&str, Option<&str>), TransformError> {
     match (&transform.filter, &transform.compute) {
         (Some(filter), _) => Ok((filter, None)),
         (None, Some(compute)) => Ok((&compute.expression, Some(&compute.field))),
@@ -148,8 +151,8 @@ impl Transforms {
                 }
             }
             if step.reads_event {
-                let whole: serde_json::Value = serde_json::from_slice(event)
-                    .map_err(|e| format!("invalid JSON: {e}"))?;
+                let whole: serde_json::Value =
+                    serde_json::from_slice(event).map_err(|e| format!("invalid JSON: {e}"))?;
                 context
                     .add_variable(EVENT_VARIABLE, whole)
                     .map_err(|e| format!("cannot read the event: {e}"))?;

@@ -84,6 +84,9 @@ pub struct Windows {
     sessions: HashMap<GroupKey, Vec<Session>, ahash::RandomState>,
 }
 
+/// Accumulators per group key, in checkpoints.
+type KeyedState = Vec<(GroupKey, Box<[Accumulator]>)>;
+
 /// The windows' durable form, inside a checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -96,7 +99,7 @@ pub struct WindowState {
     pub partition_max: Vec<(PartitionId, i64)>,
     /// Open panes: start, then (group key, accumulators) per key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    panes: Vec<(i64, Vec<(GroupKey, Box<[Accumulator]>)>)>,
+    panes: Vec<(i64, KeyedState)>,
     /// Open sessions per key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     sessions: Vec<(GroupKey, Vec<Session>)>,
@@ -223,7 +226,11 @@ impl Windows {
         }
         while start <= last_start {
             let mut merged: BTreeMap<&GroupKey, Box<[Accumulator]>> = BTreeMap::new();
-            for keyed in self.panes.range(start..start + size).map(|(_, keyed)| keyed) {
+            for keyed in self
+                .panes
+                .range(start..start + size)
+                .map(|(_, keyed)| keyed)
+            {
                 for (key, accumulators) in keyed {
                     match merged.get_mut(key) {
                         Some(total) => aggregate::merge(total, accumulators),
@@ -276,7 +283,7 @@ impl Windows {
 
     /// Open windows' state, for a checkpoint.
     pub fn snapshot(&self) -> WindowState {
-        let sort = |mut keyed: Vec<(GroupKey, Box<[Accumulator]>)>| {
+        let sort = |mut keyed: KeyedState| {
             keyed.sort_by(|a, b| a.0.cmp(&b.0));
             keyed
         };
@@ -288,12 +295,19 @@ impl Windows {
         sessions.sort_by(|a, b| a.0.cmp(&b.0));
         WindowState {
             watermark: self.watermark,
-            partition_max: self.partition_max.iter().map(|(p, t)| (p.clone(), *t)).collect(),
+            partition_max: self
+                .partition_max
+                .iter()
+                .map(|(p, t)| (p.clone(), *t))
+                .collect(),
             panes: self
                 .panes
                 .iter()
                 .map(|(start, keyed)| {
-                    (*start, sort(keyed.iter().map(|(k, a)| (k.clone(), a.clone())).collect()))
+                    (
+                        *start,
+                        sort(keyed.iter().map(|(k, a)| (k.clone(), a.clone())).collect()),
+                    )
                 })
                 .collect(),
             sessions,
@@ -338,7 +352,14 @@ mod tests {
     fn counts(closed: &[(i64, i64, GroupKey, Box<[Accumulator]>)]) -> Vec<(i64, i64, String, i64)> {
         closed
             .iter()
-            .map(|(s, e, k, a)| (*s / MIN, *e / MIN, k.values()[0].unwrap().to_owned(), a[0].count().unwrap()))
+            .map(|(s, e, k, a)| {
+                (
+                    *s / MIN,
+                    *e / MIN,
+                    k.values()[0].unwrap().to_owned(),
+                    a[0].count().unwrap(),
+                )
+            })
             .collect()
     }
 
@@ -349,7 +370,11 @@ mod tests {
             "aggregations": [{"name": "n", "count": {}}],
         }))
         .unwrap();
-        Windows::new(WindowKind::from_spec(&spec).unwrap(), delay * MIN, vec![AggregateKind::Count])
+        Windows::new(
+            WindowKind::from_spec(&spec).unwrap(),
+            delay * MIN,
+            vec![AggregateKind::Count],
+        )
     }
 
     #[test]
@@ -380,7 +405,10 @@ mod tests {
     #[test]
     fn an_event_before_the_watermark_is_late() {
         let mut windows = sliding(1, 1, 2);
-        assert!(!windows.is_late(0), "nothing is late before the first watermark");
+        assert!(
+            !windows.is_late(0),
+            "nothing is late before the first watermark"
+        );
         windows.add(10 * MIN, &key("a"), &[Some(1.0)]);
         windows.advance(&[(partition(), Some(10 * MIN))], &[]);
         assert_eq!(windows.watermark(), Some(8 * MIN));
@@ -392,10 +420,20 @@ mod tests {
     fn the_slowest_active_partition_holds_the_watermark_until_idle() {
         let mut windows = sliding(1, 1, 0);
         let (fast, slow) = (PartitionId::new("p", 0), PartitionId::new("p", 1));
-        windows.advance(&[(fast.clone(), Some(50 * MIN)), (slow.clone(), Some(10 * MIN))], &[]);
+        windows.advance(
+            &[
+                (fast.clone(), Some(50 * MIN)),
+                (slow.clone(), Some(10 * MIN)),
+            ],
+            &[],
+        );
         assert_eq!(windows.watermark(), Some(10 * MIN));
         windows.advance(&[(fast.clone(), Some(60 * MIN)), (slow.clone(), None)], &[]);
-        assert_eq!(windows.watermark(), Some(10 * MIN), "an empty epoch does not free the slow partition");
+        assert_eq!(
+            windows.watermark(),
+            Some(10 * MIN),
+            "an empty epoch does not free the slow partition"
+        );
         windows.advance(&[(fast, None), (slow.clone(), None)], &[slow]);
         assert_eq!(windows.watermark(), Some(60 * MIN));
     }
@@ -415,21 +453,38 @@ mod tests {
             "aggregations": [{"name": "n", "count": {}}],
         }))
         .unwrap();
-        let kinds = vec![AggregateKind::Count, AggregateKind::Sum, AggregateKind::Min, AggregateKind::Max, AggregateKind::Avg];
+        let kinds = vec![
+            AggregateKind::Count,
+            AggregateKind::Sum,
+            AggregateKind::Min,
+            AggregateKind::Max,
+            AggregateKind::Avg,
+        ];
         let mut windows = Windows::new(WindowKind::from_spec(&spec).unwrap(), 0, kinds);
         for v in [4.0, 1.0, 7.0] {
-            windows.add(1000, &key("a"), &[Some(1.0), Some(v), Some(v), Some(v), Some(v)]);
+            windows.add(
+                1000,
+                &key("a"),
+                &[Some(1.0), Some(v), Some(v), Some(v), Some(v)],
+            );
         }
         windows.add(2000, &key("a"), &[Some(1.0), None, None, None, None]);
         let closed = windows.advance(&[(partition(), Some(MIN))], &[]);
         assert_eq!(closed.len(), 1);
         let values: Vec<Option<f64>> = closed[0].3.iter().map(Accumulator::value).collect();
-        assert_eq!(values, vec![Some(4.0), Some(12.0), Some(1.0), Some(7.0), Some(4.0)]);
+        assert_eq!(
+            values,
+            vec![Some(4.0), Some(12.0), Some(1.0), Some(7.0), Some(4.0)]
+        );
     }
 
     #[test]
     fn sessions_merge_events_within_the_gap_per_key() {
-        let mut windows = Windows::new(WindowKind::Session { gap: MIN }, 0, vec![AggregateKind::Count]);
+        let mut windows = Windows::new(
+            WindowKind::Session { gap: MIN },
+            0,
+            vec![AggregateKind::Count],
+        );
         for time in [0, 30_000, 80_000, 200_000] {
             windows.add(time, &key("a"), &[Some(1.0)]);
         }

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use arrow::{
-    array::{ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder},
+    array::{
+        ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+        TimestampMicrosecondBuilder,
+    },
     datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
     error::ArrowError,
 };
@@ -50,8 +53,9 @@ impl WindowRows {
     ) -> Result<RecordBatch, ArrowError> {
         let mut starts = TimestampMicrosecondBuilder::with_capacity(closed.len());
         let mut ends = TimestampMicrosecondBuilder::with_capacity(closed.len());
-        let mut groups: Vec<StringBuilder> =
-            (0..self.group_columns).map(|_| StringBuilder::new()).collect();
+        let mut groups: Vec<StringBuilder> = (0..self.group_columns)
+            .map(|_| StringBuilder::new())
+            .collect();
         let aggregate_fields = &self.schema.fields()[2 + self.group_columns..];
         let mut counts: Vec<Int64Builder> = Vec::new();
         let mut numbers: Vec<Float64Builder> = Vec::new();
@@ -79,7 +83,11 @@ impl WindowRows {
             Arc::new(b.finish().with_timezone("UTC"))
         };
         let mut columns = vec![utc(starts), utc(ends)];
-        columns.extend(groups.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
+        columns.extend(
+            groups
+                .into_iter()
+                .map(|mut b| Arc::new(b.finish()) as ArrayRef),
+        );
         let (mut counts, mut numbers) = (counts.into_iter(), numbers.into_iter());
         for field in aggregate_fields {
             let column: Option<ArrayRef> = match field.data_type() {

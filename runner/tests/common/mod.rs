@@ -212,7 +212,7 @@ pub fn spawn_runner(manifest: &Path, env: &[(&str, String)]) -> (Child, mpsc::Re
         .arg(manifest)
         .args(["--listen", "127.0.0.1:0", "--quiet"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "warn,sluice_runner=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
