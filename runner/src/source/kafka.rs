@@ -525,6 +525,11 @@ impl KafkaSource {
             self.consumer
                 .assign(&list)
                 .map_err(|error| unavailable(format!("assigning partitions: {error}")))?;
+            // librdkafka keeps a partition's pause across a new assignment:
+            // resume every partition, then pause the ones with nothing to read.
+            self.consumer
+                .resume(&list)
+                .map_err(|error| unavailable(format!("resuming partitions: {error}")))?;
             self.assigned = wanted;
             self.paused.clear();
         }
