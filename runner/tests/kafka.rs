@@ -86,7 +86,19 @@ impl Topic {
         for (partition, _) in &self.messages {
             per_partition[*partition as usize] += 1;
         }
-        assert_eq!(broker.end_offsets(TOPIC).unwrap(), per_partition);
+        // Every message is acknowledged; the broker's end offsets follow.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let end = broker.end_offsets(TOPIC).unwrap();
+            if end == per_partition {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "end offsets {end:?}, produced {per_partition:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// (partition, offset) of every message, in the order `lines` lists them.
