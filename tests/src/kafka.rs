@@ -117,6 +117,31 @@ impl KafkaBroker {
         }
     }
 
+    /// Freezes the broker process (SIGSTOP): clients see an unreachable broker
+    /// that keeps its data. [`KafkaBroker::unfreeze`] lets it go on.
+    pub fn freeze(&self) -> Result<(), BrokerError> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a frozen broker go on (SIGCONT).
+    pub fn unfreeze(&self) -> Result<(), BrokerError> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> Result<(), BrokerError> {
+        let Some(child) = &self.child else {
+            return Ok(());
+        };
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .map(|_| ())
+            .map_err(|source| BrokerError::Io {
+                action: format!("sending {signal} to the broker"),
+                source,
+            })
+    }
+
     /// Creates a topic and waits until its metadata shows every partition.
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
         let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
@@ -162,9 +187,11 @@ impl KafkaBroker {
             .client_config()
             .set("acks", "all")
             .set("linger.ms", "5")
-            // tansu 0.6 silently drops part of very large record batches
-            // (seen with librdkafka's default of 10,000 records per batch).
+            // tansu 0.6 silently drops records of very large batches (seen
+            // with librdkafka's default of 10,000 records per batch) and, on
+            // S3 storage, of concurrent requests to one partition.
             .set("batch.num.messages", "500")
+            .set("max.in.flight.requests.per.connection", "1")
             .create()?;
         Ok(TestProducer { producer })
     }
