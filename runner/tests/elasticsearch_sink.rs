@@ -89,7 +89,9 @@ async fn documents_get_deterministic_ids_and_a_replay_overwrites_them() {
     sink.open(window_schema()).await.unwrap();
     let rows = window_rows(&USERS);
     assert_eq!(
-        sink.write_epoch(&key(4), &[rows.clone()]).await.unwrap(),
+        sink.write_epoch(&key(4), std::slice::from_ref(&rows))
+            .await
+            .unwrap(),
         WriteOutcome::Written { rows: 7 }
     );
     let documents = es.documents("sessions");
