@@ -1,7 +1,9 @@
+//! Harnesses that start the real services the tests talk to (S3, Kafka,
+//! ClickHouse) and in-process HTTP test servers (REST API, Elasticsearch `_bulk`).
 
-pub mod kafka;
-pub mod moto;
 pub mod clickhouse;
 pub mod elasticsearch;
+pub mod kafka;
+pub mod moto;
 pub mod net;
 pub mod rest_api;

@@ -68,7 +68,10 @@ impl MotoS3 {
                 return Ok(server);
             }
             if started.elapsed() > START_DEADLINE {
-                return Err(format!("no answer on {} within {START_DEADLINE:?}", server.endpoint));
+                return Err(format!(
+                    "no answer on {} within {START_DEADLINE:?}",
+                    server.endpoint
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -104,10 +107,12 @@ impl MotoS3 {
 
 /// `moto_server` from `$SLUICE_VENV` (see tests/scripts/env.sh), else from PATH.
 fn moto_server() -> PathBuf {
-    let venv = std::env::var_os("SLUICE_VENV").map(PathBuf::from).or_else(|| {
-        let home = std::env::var_os("HOME")?;
-        Some(PathBuf::from(home).join(".cache/sluice/venv"))
-    });
+    let venv = std::env::var_os("SLUICE_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            Some(PathBuf::from(home).join(".cache/sluice/venv"))
+        });
     venv.map(|v| v.join("bin/moto_server"))
         .filter(|path| path.exists())
         .unwrap_or_else(|| PathBuf::from("moto_server"))
