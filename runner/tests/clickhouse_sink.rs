@@ -124,11 +124,15 @@ async fn window_rows_land_and_a_replayed_epoch_leaves_the_final_rows_unchanged()
 
     let first = window_rows(0..3);
     assert_eq!(
-        sink.write_epoch(&key(0), &[first.clone()]).await.unwrap(),
+        sink.write_epoch(&key(0), std::slice::from_ref(&first))
+            .await
+            .unwrap(),
         WriteOutcome::Written { rows: 9 }
     );
     let second = window_rows(3..5);
-    sink.write_epoch(&key(1), &[second.clone()]).await.unwrap();
+    sink.write_epoch(&key(1), std::slice::from_ref(&second))
+        .await
+        .unwrap();
 
     let rows = final_rows(&server).await;
     assert_eq!(rows.len(), 15);
@@ -249,7 +253,9 @@ async fn event_rows_fit_the_example_layout_and_replays_collapse() {
     )
     .unwrap();
     sink.open(schema).await.unwrap();
-    sink.write_epoch(&key(3), &[rows.clone()]).await.unwrap();
+    sink.write_epoch(&key(3), std::slice::from_ref(&rows))
+        .await
+        .unwrap();
     sink.write_epoch(&key(3), &[rows]).await.unwrap();
     let stored = server
         .rows("SELECT partition, offset, toUnixTimestamp(event_time) AS t, event FROM default.orders_raw FINAL ORDER BY partition, offset")
