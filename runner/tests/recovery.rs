@@ -11,23 +11,13 @@ use sluice_runner::sink::delta::read_table;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_runs_resume_to_exactly_the_expected_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let lines = data_set(120_000, 11);
-    let data = dir.path().join("events.jsonl");
-    write_jsonl(&lines, &data);
-    let table = dir.path().join("table");
-    let checkpoints = dir.path().join("checkpoints");
-    let manifest = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &manifest,
-        reference_manifest(
-            &data,
-            table.to_str().unwrap(),
-            checkpoints.to_str().unwrap(),
-            "100ms",
-        ),
-    )
-    .unwrap();
+    let LocalReferenceRun {
+        dir: _dir,
+        lines,
+        table,
+        checkpoints: _,
+        manifest,
+    } = LocalReferenceRun::prepare(120_000, 11, "100ms");
 
     for (message, epoch) in [
         ("epoch planned", 2),

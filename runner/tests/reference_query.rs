@@ -10,23 +10,13 @@ use sluice_runner::sink::delta::read_table;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_query_matches_a_batch_computation_row_by_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let lines = data_set(60_000, 7);
-    let data = dir.path().join("events.jsonl");
-    write_jsonl(&lines, &data);
-    let table = dir.path().join("table");
-    let checkpoints = dir.path().join("checkpoints");
-    let manifest = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &manifest,
-        reference_manifest(
-            &data,
-            table.to_str().unwrap(),
-            checkpoints.to_str().unwrap(),
-            "0s",
-        ),
-    )
-    .unwrap();
+    let LocalReferenceRun {
+        dir: _dir,
+        lines,
+        table,
+        checkpoints,
+        manifest,
+    } = LocalReferenceRun::prepare(60_000, 7, "0s");
 
     let (child, logs) = spawn_runner(&manifest, &[]);
     wait_success(child, logs);

@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -202,6 +202,46 @@ spec:
 "#,
         data.display()
     )
+}
+
+/// A generated data set written as JSON lines under a scratch folder, and a
+/// reference-query manifest over it whose Delta table and checkpoints are
+/// local folders beside it.
+pub struct LocalReferenceRun {
+    pub dir: tempfile::TempDir,
+    pub lines: Vec<Line>,
+    pub table: PathBuf,
+    pub checkpoints: PathBuf,
+    pub manifest: PathBuf,
+}
+
+impl LocalReferenceRun {
+    pub fn prepare(events: usize, seed: u64, trigger: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = data_set(events, seed);
+        let data = dir.path().join("events.jsonl");
+        write_jsonl(&lines, &data);
+        let table = dir.path().join("table");
+        let checkpoints = dir.path().join("checkpoints");
+        let manifest = dir.path().join("pipeline.yaml");
+        std::fs::write(
+            &manifest,
+            reference_manifest(
+                &data,
+                table.to_str().unwrap(),
+                checkpoints.to_str().unwrap(),
+                trigger,
+            ),
+        )
+        .unwrap();
+        Self {
+            dir,
+            lines,
+            table,
+            checkpoints,
+            manifest,
+        }
+    }
 }
 
 /// Starts `sluice-runner run <manifest>` with JSON logs on stderr, which are
