@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{data_set, write_jsonl};
+use common::{data_set, reference_query_spec, write_jsonl};
 use rdkafka::{
     Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -121,21 +121,14 @@ spec:
       consumerGroup: bench-pipeline
       startingOffsets: earliest
       maxOffsetsPerTrigger: 500000
-  window:
-    sliding: {{size: 5m, slide: 1m}}
-    watermark: 2m
-    groupBy: [event_type]
-    aggregations:
-      - {{name: event_count, count: {{}}}}
-  sinks:
-    - name: lake
-      delta: {{uri: "{}"}}
-  checkpoint: {{uri: "{}", interval: 10s}}
-  trigger: {{interval: 0s}}
-"#,
+{}"#,
             broker.bootstrap_servers(),
-            dir.join("table").display(),
-            dir.join("checkpoints").display(),
+            reference_query_spec(
+                &dir.join("table").display().to_string(),
+                &dir.join("checkpoints").display().to_string(),
+                "10s",
+                "0s",
+            ),
         ),
     )
     .expect("write the manifest");

@@ -127,19 +127,9 @@ spec:
       consumerGroup: {GROUP}
       startingOffsets: earliest
       maxOffsetsPerTrigger: {MAX_OFFSETS_PER_TRIGGER}
-  window:
-    sliding: {{size: 5m, slide: 1m}}
-    watermark: 2m
-    groupBy: [event_type]
-    aggregations:
-      - {{name: event_count, count: {{}}}}
-  sinks:
-    - name: lake
-      delta: {{uri: "{table}"}}
-  checkpoint: {{uri: "{checkpoints}", interval: 0s}}
-  trigger: {{interval: 0s}}
-{extra}"#,
+{spec}{extra}"#,
         bootstrap = broker.bootstrap_servers(),
+        spec = reference_query_spec(&table, &checkpoints, "0s", "0s"),
     );
     let path = dir.join("pipeline.yaml");
     std::fs::write(&path, text).unwrap();

@@ -188,7 +188,23 @@ metadata: {{name: reference, namespace: test, uid: 7d0c3c1e-reference}}
 spec:
   source:
     file: {{path: "{}", maxLinesPerTrigger: {LINES_PER_EPOCH}}}
-  window:
+{spec}"#,
+        data.display(),
+        spec = reference_query_spec(table, checkpoints, "300ms", trigger),
+    )
+}
+
+/// The reference query (5-minute windows sliding by 1 minute, grouped by
+/// event_type, 2-minute watermark, count) into a Delta table: the part of a
+/// manifest's spec after its source.
+pub fn reference_query_spec(
+    table: &str,
+    checkpoints: &str,
+    checkpoint_interval: &str,
+    trigger: &str,
+) -> String {
+    format!(
+        r#"  window:
     sliding: {{size: 5m, slide: 1m}}
     watermark: 2m
     groupBy: [event_type]
@@ -197,10 +213,9 @@ spec:
   sinks:
     - name: lake
       delta: {{uri: "{table}"}}
-  checkpoint: {{uri: "{checkpoints}", interval: 300ms}}
+  checkpoint: {{uri: "{checkpoints}", interval: {checkpoint_interval}}}
   trigger: {{interval: {trigger}}}
-"#,
-        data.display()
+"#
     )
 }
 
