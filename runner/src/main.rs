@@ -202,7 +202,7 @@ async fn show_progress(telemetry: Arc<Telemetry>) {
 async fn print_summary(spec: &StreamPipelineSpec, summary: &RunSummary) {
     let counts = summary.counts;
     println!(
-        "{} events processed in epochs up to {}: {} window rows emitted, {} late, {} malformed, {} failed transforms, {} filtered",
+        "{} events processed in epochs up to {}: {} window rows emitted, {} late, {} malformed, {} failed transforms, {} filtered, {} duplicates dropped",
         counts.records,
         summary.last_epoch.map_or("-".into(), |e| e.to_string()),
         counts.windows,
@@ -210,6 +210,7 @@ async fn print_summary(spec: &StreamPipelineSpec, summary: &RunSummary) {
         counts.malformed,
         counts.transform_failed,
         counts.filtered,
+        counts.duplicates,
     );
     if let Some(watermark) = summary.watermark {
         println!(

@@ -15,6 +15,8 @@ pub struct Telemetry {
     pub dead_lettered: IntCounterVec,
     pub late_events: IntCounter,
     pub filtered_events: IntCounter,
+    pub dedup_dropped: IntCounter,
+    pub dedup_remembered_ids: IntGauge,
     pub windows_emitted: IntCounter,
     pub epochs: IntCounter,
     pub epoch_seconds: Histogram,
@@ -78,6 +80,11 @@ impl Telemetry {
             "Open (pane or session, key) entries held in window state",
         )?;
         registry.register(Box::new(open_window_entries.clone()))?;
+        let dedup_remembered_ids = IntGauge::new(
+            "dedup_remembered_ids",
+            "Ids held by dedup transforms (seen within their horizon)",
+        )?;
+        registry.register(Box::new(dedup_remembered_ids.clone()))?;
         Ok(Self {
             events_processed: counter(
                 "events_processed_total",
@@ -91,6 +98,11 @@ impl Telemetry {
                 "filtered_events_total",
                 "Events dropped by filter transforms",
             )?,
+            dedup_dropped: counter(
+                "dedup_dropped_total",
+                "Events dropped by dedup transforms as duplicates of an id seen within the horizon",
+            )?,
+            dedup_remembered_ids,
             windows_emitted: counter("windows_emitted_total", "Window rows emitted")?,
             epochs: counter("epochs_total", "Epochs (micro-batches) completed")?,
             epoch_seconds: histogram(

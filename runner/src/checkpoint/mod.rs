@@ -1,5 +1,6 @@
 //! The checkpoint store: the write-ahead log of epoch plans and the
-//! checkpoints (end positions, watermark, window state) of completed epochs.
+//! checkpoints (end positions, watermark, window state, ids remembered by
+//! dedup transforms) of completed epochs.
 //!
 //! Layout under the checkpoint URI, one lineage per replica:
 //! `replica-<r>/plans/<epoch>.json` and `replica-<r>/checkpoints/<epoch>.json`,
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     source::{PartitionId, PartitionRange, Positions},
+    transform::DedupState,
     window::WindowState,
 };
 
@@ -42,6 +44,9 @@ pub struct Checkpoint {
     pub positions: Positions,
     /// Watermark, per-partition event-time maxima and open windows.
     pub state: WindowState,
+    /// Ids remembered by each dedup transform, in transform order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dedup: Vec<DedupState>,
     /// Wall-clock time it was written (RFC 3339).
     pub written_at: String,
 }

@@ -20,7 +20,7 @@ use crate::{
     dead_letter::{DeadEvent, Reason},
     decode::{Decoder, FieldValue},
     source::{Chunk, PartitionId, PartitionRange},
-    transform::{self, Outcome, TransformError, Transforms},
+    transform::{self, DedupState, Outcome, TransformError, Transforms},
     window::{AggregateKind, GroupKey, WindowKind, WindowRows, WindowState, Windows},
 };
 
@@ -43,6 +43,8 @@ pub struct EpochCounts {
     pub malformed: u64,
     pub transform_failed: u64,
     pub filtered: u64,
+    /// Events dropped by dedup transforms.
+    pub duplicates: u64,
     pub late: u64,
     /// Window rows emitted.
     pub windows: u64,
@@ -175,10 +177,21 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    pub fn restore(&mut self, state: WindowState) {
+    /// The dedup transforms' memory, in transform order.
+    pub fn dedup_snapshot(&self) -> Vec<DedupState> {
+        self.transforms.snapshot()
+    }
+
+    /// Ids remembered by dedup transforms, for metrics.
+    pub fn remembered_ids(&self) -> usize {
+        self.transforms.remembered_ids()
+    }
+
+    pub fn restore(&mut self, state: WindowState, dedup: Vec<DedupState>) {
         if let Some(window) = &mut self.window {
             window.windows.restore(state);
         }
+        self.transforms.restore(dedup);
     }
 
     pub fn begin_epoch(&self, ranges: &[PartitionRange]) -> EpochRun {
@@ -223,10 +236,17 @@ impl Engine {
                 }
             };
             if !self.transforms.is_empty() {
-                match self.transforms.apply(record.payload, &mut values) {
+                match self
+                    .transforms
+                    .apply(record.payload, &mut values, &mut time, &self.decoder)
+                {
                     Ok(Outcome::Keep) => {}
                     Ok(Outcome::Drop) => {
                         run.counts.filtered += 1;
+                        continue;
+                    }
+                    Ok(Outcome::Duplicate) => {
+                        run.counts.duplicates += 1;
                         continue;
                     }
                     Err(reason) => {
@@ -235,18 +255,6 @@ impl Engine {
                         continue;
                     }
                 }
-                // A compute step may have replaced the event time.
-                time = match self
-                    .decoder
-                    .event_time(&values[crate::decode::TIMESTAMP_SLOT])
-                {
-                    Ok(time) => time,
-                    Err(reason) => {
-                        run.counts.transform_failed += 1;
-                        run.dead.push(dead(Reason::Transform(reason)));
-                        continue;
-                    }
-                };
             }
             if let Some(stage) = &mut self.window {
                 if stage.windows.is_late(time) {
@@ -312,6 +320,7 @@ impl Engine {
                 Some(stage.rows.batch(&closed)?)
             }
         };
+        self.transforms.finish_epoch(self.watermark());
         let events = run.events.map(EventRows::finish).transpose()?;
         Ok(EpochOutput {
             windows,

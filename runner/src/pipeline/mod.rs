@@ -113,6 +113,8 @@ pub struct Pipeline {
     trigger: Duration,
     checkpoint_interval: Duration,
     retain_epochs: usize,
+    /// The background deletion of old checkpoints, if one is running.
+    pruning: Option<tokio::task::JoinHandle<()>>,
     idle_timeout: Duration,
     positions: Positions,
     last_epoch: Option<u64>,
@@ -186,6 +188,7 @@ impl Pipeline {
             retain_epochs: usize::try_from(spec.checkpoint.retain_epochs)
                 .unwrap_or(1)
                 .max(1),
+            pruning: None,
             idle_timeout: spec
                 .window
                 .as_ref()
@@ -243,6 +246,7 @@ impl Pipeline {
         if self.last_checkpoint != self.last_epoch {
             self.checkpoint().await?;
         }
+        self.finish_pruning().await;
         self.summary.last_epoch = self.last_epoch;
         self.summary.watermark = self.engine.watermark();
         Ok(self.summary)
@@ -277,6 +281,9 @@ impl Pipeline {
                     ranges,
                     idle,
                 };
+                // Old checkpoints are gone before a new epoch starts, so the
+                // store holds at most `retainEpochs` epochs plus the one in flight.
+                self.finish_pruning().await;
                 self.checkpoints.put_plan(&plan).await?;
                 tracing::info!(epoch, "epoch planned");
                 self.run_epoch(&plan).await?;
@@ -322,14 +329,14 @@ impl Pipeline {
         if let Some(checkpoint) = self.checkpoints.latest_checkpoint().await? {
             tracing::info!(epoch = checkpoint.epoch, "restoring checkpoint");
             self.positions = checkpoint.positions;
-            self.engine.restore(checkpoint.state);
+            self.engine.restore(checkpoint.state, checkpoint.dedup);
             self.last_epoch = Some(checkpoint.epoch);
             self.last_checkpoint = Some(checkpoint.epoch);
             self.set_checkpoint_status(checkpoint.epoch, checkpoint.written_at);
         } else {
             // Resuming after a failure without a checkpoint: start over.
             self.positions.clear();
-            self.engine.restore(Default::default());
+            self.engine.restore(Default::default(), Vec::new());
             self.last_epoch = None;
             self.last_checkpoint = None;
         }
@@ -445,6 +452,7 @@ impl Pipeline {
             epoch,
             positions: self.positions.clone(),
             state: self.engine.snapshot(),
+            dedup: self.engine.dedup_snapshot(),
             written_at: jiff::Timestamp::now().to_string(),
         };
         self.checkpoints.put_checkpoint(&checkpoint).await?;
@@ -457,13 +465,23 @@ impl Pipeline {
         self.source.commit(&self.positions).await?;
         tracing::info!(epoch, "checkpoint written");
         // Old checkpoints go in the background; a failure only delays their removal.
+        self.finish_pruning().await;
         let (store, keep) = (self.checkpoints.clone(), self.retain_epochs);
-        tokio::spawn(async move {
+        self.pruning = Some(tokio::spawn(async move {
             if let Err(error) = store.prune(keep).await {
                 tracing::warn!(%error, "cannot delete old checkpoints");
             }
-        });
+        }));
         Ok(())
+    }
+
+    /// Waits for the background deletion of old checkpoints, if one runs.
+    async fn finish_pruning(&mut self) {
+        if let Some(pruning) = self.pruning.take()
+            && let Err(error) = pruning.await
+        {
+            tracing::warn!(%error, "deleting old checkpoints failed");
+        }
     }
 
     fn set_checkpoint_status(&self, epoch: u64, time: String) {
@@ -486,6 +504,9 @@ impl Pipeline {
         t.events_processed.inc_by(counts.records);
         t.late_events.inc_by(counts.late);
         t.filtered_events.inc_by(counts.filtered);
+        t.dedup_dropped.inc_by(counts.duplicates);
+        t.dedup_remembered_ids
+            .set(self.engine.remembered_ids() as i64);
         t.windows_emitted.inc_by(counts.windows);
         for (reason, n) in [
             ("malformed", counts.malformed),
@@ -521,6 +542,7 @@ impl Pipeline {
         total.malformed += counts.malformed;
         total.transform_failed += counts.transform_failed;
         total.filtered += counts.filtered;
+        total.duplicates += counts.duplicates;
         total.late += counts.late;
         total.windows += counts.windows;
         let rate = counts.records as f64 / took.as_secs_f64().max(1e-9);

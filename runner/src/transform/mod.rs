@@ -1,15 +1,18 @@
-//! Transforms: CEL filters and computed fields, applied in order to the
-//! decoded fields of each event. Top-level fields are CEL variables
-//! (`event_type != 'heartbeat'`); `event` is the whole event as a map. CEL is
-//! strictly typed: JSON numbers with a fraction or exponent are doubles, others
-//! ints, so write `value * 100.0` for a double field.
+//! Transforms: CEL filters and computed fields, and dedup by id, applied in
+//! order to the decoded fields of each event. Top-level fields are CEL
+//! variables (`event_type != 'heartbeat'`); `event` is the whole event as a
+//! map. CEL is strictly typed: JSON numbers with a fraction or exponent are
+//! doubles, others ints, so write `value * 100.0` for a double field.
+
+mod dedup;
 
 use std::{borrow::Cow, sync::Arc};
 
 use cel::{Context, Program, Value};
-use sluice_crds::Transform;
+use sluice_crds::{DedupTransform, Transform};
 
-use crate::decode::FieldValue;
+pub use self::dedup::{Dedup, DedupState};
+use crate::decode::{Decoder, FieldValue, TIMESTAMP_SLOT};
 
 /// Name of the CEL variable holding the whole event.
 pub const EVENT_VARIABLE: &str = "event";
@@ -23,13 +26,14 @@ pub enum TransformError {
         expression: String,
         message: String,
     },
-    #[error("spec.transforms[{index}].dedup is not supported yet")]
-    Unsupported { index: usize },
+    #[error("spec.transforms[{index}] sets none of filter, compute or dedup")]
+    Empty { index: usize },
 }
 
 enum Step {
     Filter(Program),
     Compute { slot: usize, program: Program },
+    Dedup { slot: usize, dedup: Dedup },
 }
 
 struct CompiledStep {
@@ -46,9 +50,38 @@ pub struct Transforms {
 }
 
 /// What the transforms decided for one event.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Keep,
+    /// A filter said no.
     Drop,
+    /// A dedup step had seen its id.
+    Duplicate,
+}
+
+/// What one transform does, as its spec says.
+enum Kind<'a> {
+    Cel {
+        expression: &'a str,
+        /// The field a `compute` step writes.
+        target: Option<&'a str>,
+    },
+    Dedup(&'a DedupTransform),
+}
+
+fn kind_of(index: usize, transform: &Transform) -> Result<Kind<'_>, TransformError> {
+    match (&transform.filter, &transform.compute, &transform.dedup) {
+        (Some(filter), _, _) => Ok(Kind::Cel {
+            expression: filter,
+            target: None,
+        }),
+        (None, Some(compute), _) => Ok(Kind::Cel {
+            expression: &compute.expression,
+            target: Some(&compute.field),
+        }),
+        (None, None, Some(dedup)) => Ok(Kind::Dedup(dedup)),
+        (None, None, None) => Err(TransformError::Empty { index }),
+    }
 }
 
 /// The fields a set of transforms reads or writes, found by compiling them;
@@ -56,7 +89,13 @@ pub enum Outcome {
 pub fn referenced_fields(transforms: &[Transform]) -> Result<Vec<String>, TransformError> {
     let mut fields = Vec::new();
     for (index, transform) in transforms.iter().enumerate() {
-        let (expression, target) = expression_of(index, transform)?;
+        let (expression, target) = match kind_of(index, transform)? {
+            Kind::Cel { expression, target } => (expression, target),
+            Kind::Dedup(dedup) => {
+                fields.push(dedup.id_field.clone());
+                continue;
+            }
+        };
         let program = compile(index, expression)?;
         let references = program.references();
         let mut variables: Vec<String> = references
@@ -70,17 +109,6 @@ pub fn referenced_fields(transforms: &[Transform]) -> Result<Vec<String>, Transf
         fields.extend(target.map(str::to_owned));
     }
     Ok(fields)
-}
-
-fn expression_of(
-    index: usize,
-    transform: &Transform,
-) -> Result<(&str, Option<&str>), TransformError> {
-    match (&transform.filter, &transform.compute) {
-        (Some(filter), _) => Ok((filter, None)),
-        (None, Some(compute)) => Ok((&compute.expression, Some(&compute.field))),
-        (None, None) => Err(TransformError::Unsupported { index }),
-    }
 }
 
 fn compile(index: usize, expression: &str) -> Result<Program, TransformError> {
@@ -100,7 +128,26 @@ impl Transforms {
     ) -> Result<Self, TransformError> {
         let mut steps = Vec::with_capacity(transforms.len());
         for (index, transform) in transforms.iter().enumerate() {
-            let (expression, target) = expression_of(index, transform)?;
+            let (expression, target) = match kind_of(index, transform)? {
+                Kind::Cel { expression, target } => (expression, target),
+                Kind::Dedup(spec) => {
+                    let slot = slot(&spec.id_field).ok_or_else(|| TransformError::Compile {
+                        index,
+                        expression: spec.id_field.clone(),
+                        message: "no slot for the dedup id field".into(),
+                    })?;
+                    steps.push(CompiledStep {
+                        step: Step::Dedup {
+                            slot,
+                            dedup: Dedup::new(spec),
+                        },
+                        variables: Vec::new(),
+                        reads_event: false,
+                        expression: format!("dedup by {}", spec.id_field),
+                    });
+                    continue;
+                }
+            };
             let program = compile(index, expression)?;
             let references = program.references();
             let reads_event = references.has_variable(EVENT_VARIABLE);
@@ -136,14 +183,26 @@ impl Transforms {
     }
 
     /// Applies the transforms to one event's fields (computed fields replace
-    /// their slot). `event` is the raw event, parsed only when an expression
-    /// reads `event`. Returns why an expression failed, as a dead-letter reason.
+    /// their slot; computing the event-time field updates `time`). `event` is
+    /// the raw event, parsed only when an expression reads `event`. Returns
+    /// why a step failed, as a dead-letter reason.
     pub fn apply<'a>(
-        &self,
+        &mut self,
         event: &[u8],
         fields: &mut [FieldValue<'a>],
+        time: &mut i64,
+        decoder: &Decoder,
     ) -> Result<Outcome, String> {
-        for step in &self.steps {
+        for step in &mut self.steps {
+            let program = match &mut step.step {
+                Step::Dedup { slot, dedup } => {
+                    if dedup.is_duplicate(&fields[*slot], *time)? {
+                        return Ok(Outcome::Duplicate);
+                    }
+                    continue;
+                }
+                Step::Filter(program) | Step::Compute { program, .. } => &*program,
+            };
             let mut context = Context::default();
             for (name, slot) in &step.variables {
                 if let Some(value) = to_cel(&fields[*slot])? {
@@ -158,8 +217,16 @@ impl Transforms {
                     .map_err(|e| format!("cannot read the event: {e}"))?;
             }
             let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", step.expression);
+            let result = program.execute(&context);
             match &step.step {
-                Step::Filter(program) => match program.execute(&context) {
+                Step::Compute { slot, .. } => {
+                    let value = result.map_err(|e| failed(&e))?;
+                    fields[*slot] = from_cel(value).map_err(|e| failed(&e))?;
+                    if *slot == TIMESTAMP_SLOT {
+                        *time = decoder.event_time(&fields[TIMESTAMP_SLOT])?;
+                    }
+                }
+                _ => match result {
                     Ok(Value::Bool(true)) => {}
                     Ok(Value::Bool(false)) => return Ok(Outcome::Drop),
                     Ok(other) => {
@@ -170,13 +237,62 @@ impl Transforms {
                     }
                     Err(e) => return Err(failed(&e)),
                 },
-                Step::Compute { slot, program } => {
-                    let value = program.execute(&context).map_err(|e| failed(&e))?;
-                    fields[*slot] = from_cel(value).map_err(|e| failed(&e))?;
-                }
             }
         }
         Ok(Outcome::Keep)
+    }
+
+    fn dedups(&self) -> impl Iterator<Item = &Dedup> {
+        self.steps.iter().filter_map(|s| match &s.step {
+            Step::Dedup { dedup, .. } => Some(dedup),
+            _ => None,
+        })
+    }
+
+    fn dedups_mut(&mut self) -> impl Iterator<Item = &mut Dedup> {
+        self.steps.iter_mut().filter_map(|s| match &mut s.step {
+            Step::Dedup { dedup, .. } => Some(dedup),
+            _ => None,
+        })
+    }
+
+    /// Ends an epoch: dedup steps forget ids older than their horizon behind
+    /// `watermark` (see [`Dedup::expire`]).
+    pub fn finish_epoch(&mut self, watermark: Option<i64>) {
+        for dedup in self.dedups_mut() {
+            dedup.expire(watermark);
+        }
+    }
+
+    /// Ids remembered by all dedup steps, for metrics.
+    pub fn remembered_ids(&self) -> usize {
+        self.dedups().map(Dedup::remembered).sum()
+    }
+
+    /// The dedup steps' memory, in transform order, for a checkpoint.
+    pub fn snapshot(&self) -> Vec<DedupState> {
+        self.dedups().map(Dedup::snapshot).collect()
+    }
+
+    /// Restores the dedup steps' memory from a checkpoint. A step whose id
+    /// field differs from the checkpoint's (a changed spec) starts empty.
+    pub fn restore(&mut self, states: Vec<DedupState>) {
+        let mut states = states.into_iter();
+        for dedup in self.dedups_mut() {
+            match states.next() {
+                Some(state) if state.id_field == dedup.id_field() => dedup.restore(state),
+                other => {
+                    if let Some(state) = other {
+                        tracing::warn!(
+                            checkpointed = state.id_field,
+                            now = dedup.id_field(),
+                            "the dedup id field changed: ids seen before are forgotten"
+                        );
+                    }
+                    dedup.restore(DedupState::default());
+                }
+            }
+        }
     }
 }
 
