@@ -15,8 +15,8 @@ async fn killed_runs_resume_to_exactly_the_expected_rows() {
         dir: _dir,
         lines,
         table,
-        checkpoints: _,
         manifest,
+        ..
     } = LocalReferenceRun::prepare(120_000, 11, "100ms");
 
     for (message, epoch) in [
@@ -25,13 +25,7 @@ async fn killed_runs_resume_to_exactly_the_expected_rows() {
         ("checkpoint written", 10),
         ("epoch committed", 14),
     ] {
-        let (mut child, logs) = spawn_runner(&manifest, &[]);
-        assert!(
-            wait_for_log(&logs, message, epoch),
-            "no {message:?} log for epoch {epoch}"
-        );
-        child.kill().unwrap();
-        child.wait().unwrap();
+        kill_runner_at(&manifest, message, epoch);
     }
     let (child, logs) = spawn_runner(&manifest, &[]);
     wait_success(child, logs);

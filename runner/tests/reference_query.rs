@@ -16,6 +16,7 @@ async fn reference_query_matches_a_batch_computation_row_by_row() {
         table,
         checkpoints,
         manifest,
+        ..
     } = LocalReferenceRun::prepare(60_000, 7, "0s");
 
     let (child, logs) = spawn_runner(&manifest, &[]);

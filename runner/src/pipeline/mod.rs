@@ -359,6 +359,9 @@ impl Pipeline {
         }
         if self.summary.replayed_epochs > 0 {
             self.checkpoint().await?;
+        } else {
+            // A crash may have interrupted the last deletion of old checkpoints.
+            self.start_pruning().await;
         }
         Ok(())
     }
@@ -464,7 +467,13 @@ impl Pipeline {
         self.set_checkpoint_status(epoch, checkpoint.written_at);
         self.source.commit(&self.positions).await?;
         tracing::info!(epoch, "checkpoint written");
-        // Old checkpoints go in the background; a failure only delays their removal.
+        self.start_pruning().await;
+        Ok(())
+    }
+
+    /// Starts deleting old checkpoints in the background (after the previous
+    /// deletion ended); a failure only delays their removal.
+    async fn start_pruning(&mut self) {
         self.finish_pruning().await;
         let (store, keep) = (self.checkpoints.clone(), self.retain_epochs);
         self.pruning = Some(tokio::spawn(async move {
@@ -472,7 +481,6 @@ impl Pipeline {
                 tracing::warn!(%error, "cannot delete old checkpoints");
             }
         }));
-        Ok(())
     }
 
     /// Waits for the background deletion of old checkpoints, if one runs.

@@ -81,14 +81,22 @@ pub fn rfc3339(millis: i64) -> String {
 }
 
 pub fn write_jsonl(lines: &[Line], path: &Path) {
+    write_jsonl_with_ids(lines, None, path);
+}
+
+/// [`write_jsonl`], with an `id` field per event when `ids` gives one per
+/// line: lines with the same id are identical copies of one event.
+pub fn write_jsonl_with_ids(lines: &[Line], ids: Option<&[usize]>, path: &Path) {
     let mut text = String::new();
     for (i, line) in lines.iter().enumerate() {
+        let id = ids.map_or(i, |ids| ids[i]);
         match line {
             Line::Event { time, event_type } => text.push_str(&format!(
-                "{{\"timestamp\":\"{}\",\"event_type\":\"{event_type}\",\"key\":\"k{}\",\"value\":{}}}\n",
+                "{{{}\"timestamp\":\"{}\",\"event_type\":\"{event_type}\",\"key\":\"k{}\",\"value\":{}}}\n",
+                ids.map_or(String::new(), |_| format!("\"id\":\"e{id}\",")),
                 rfc3339(*time),
-                i % 100,
-                i % 7
+                id % 100,
+                id % 7
             )),
             Line::Malformed(bad) => {
                 text.push_str(bad);
@@ -109,15 +117,31 @@ pub type Windows = BTreeMap<(i64, i64, String), i64>;
 /// is emitted once the final watermark is at or past its end.
 /// Returns the windows and the number of late events.
 pub fn expected_windows(lines: &[Line]) -> (Windows, usize) {
+    expected_windows_counting(lines, |_| true)
+}
+
+/// [`expected_windows`] over the lines `counted` accepts (by index); the
+/// others still fill their place in the epochs, as events a dedup transform
+/// drops do.
+pub fn expected_windows_counting(
+    lines: &[Line],
+    counted: impl Fn(usize) -> bool,
+) -> (Windows, usize) {
     let mut watermark: Option<i64> = None;
     let mut max_time: Option<i64> = None;
     let mut accepted = Vec::new();
     let mut late = 0;
-    for epoch in lines.chunks(LINES_PER_EPOCH) {
-        for line in epoch {
+    for (first, epoch) in (0..)
+        .step_by(LINES_PER_EPOCH)
+        .zip(lines.chunks(LINES_PER_EPOCH))
+    {
+        for (index, line) in (first..).zip(epoch) {
             let Line::Event { time, event_type } = line else {
                 continue;
             };
+            if !counted(index) {
+                continue;
+            }
             if watermark.is_some_and(|w| *time < w) {
                 late += 1;
                 continue;
@@ -225,6 +249,7 @@ pub fn reference_query_spec(
 pub struct LocalReferenceRun {
     pub dir: tempfile::TempDir,
     pub lines: Vec<Line>,
+    pub data: PathBuf,
     pub table: PathBuf,
     pub checkpoints: PathBuf,
     pub manifest: PathBuf,
@@ -232,10 +257,14 @@ pub struct LocalReferenceRun {
 
 impl LocalReferenceRun {
     pub fn prepare(events: usize, seed: u64, trigger: &str) -> Self {
+        Self::with_lines(data_set(events, seed), None, trigger)
+    }
+
+    /// Over given lines, with ids as [`write_jsonl_with_ids`] writes them.
+    pub fn with_lines(lines: Vec<Line>, ids: Option<&[usize]>, trigger: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let lines = data_set(events, seed);
         let data = dir.path().join("events.jsonl");
-        write_jsonl(&lines, &data);
+        write_jsonl_with_ids(&lines, ids, &data);
         let table = dir.path().join("table");
         let checkpoints = dir.path().join("checkpoints");
         let manifest = dir.path().join("pipeline.yaml");
@@ -252,11 +281,20 @@ impl LocalReferenceRun {
         Self {
             dir,
             lines,
+            data,
             table,
             checkpoints,
             manifest,
         }
     }
+}
+
+/// Changes the `spec` of a manifest file in place.
+pub fn edit_spec(manifest: &Path, edit: impl FnOnce(&mut serde_yaml::Value)) {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let mut document: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    edit(&mut document["spec"]);
+    std::fs::write(manifest, serde_yaml::to_string(&document).unwrap()).unwrap();
 }
 
 /// Starts `sluice-runner run <manifest>` with JSON logs on stderr, which are
@@ -300,6 +338,18 @@ pub fn wait_for_log(logs: &mpsc::Receiver<String>, message: &str, epoch: u64) ->
         }
     }
     false
+}
+
+/// Runs `sluice-runner run <manifest>` until it logs `message` for epoch
+/// `epoch` or a later one, then kills it with SIGKILL.
+pub fn kill_runner_at(manifest: &Path, message: &str, epoch: u64) {
+    let (mut child, logs) = spawn_runner(manifest, &[]);
+    assert!(
+        wait_for_log(&logs, message, epoch),
+        "no {message:?} log for epoch {epoch}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// Waits for the runner to exit and asserts that it succeeded.
