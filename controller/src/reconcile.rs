@@ -128,9 +128,10 @@ async fn apply(pipeline: &StreamPipeline, ctx: &Context, namespace: &str) -> Res
                 let invalid = Invalid {
                     reason: "IncompatibleStateChange",
                     message: format!(
-                        "the change of spec.window (kind, size, slide, gap, groupBy or aggregations) makes the \
-                         window state checkpointed in lineage {} unusable, so it was not applied; revert it, or set \
-                         spec.upgradePolicy: reset to start a new checkpoint lineage (open windows are discarded)",
+                        "the change of spec.window (kind, size, slide, gap, groupBy or aggregations) or of a dedup \
+                         transform (idField or horizon) makes the state checkpointed in lineage {} unusable, so it \
+                         was not applied; revert it, or set spec.upgradePolicy: reset to start a new checkpoint \
+                         lineage (open windows and remembered ids are discarded)",
                         old.lineage
                     ),
                 };

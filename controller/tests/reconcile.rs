@@ -386,6 +386,47 @@ async fn window_change_is_refused_without_reset_then_starts_a_new_lineage_with_i
 }
 
 #[tokio::test]
+async fn dedup_id_change_is_refused_but_a_filter_is_not() {
+    let (ctx, _runners) = setup(pipeline_secrets()).await;
+    let transform = |json| serde_json::from_value::<sluice_crds::Transform>(json).unwrap();
+    edit(&ctx, |p| {
+        p.spec.transforms.push(transform(
+            serde_json::json!({"dedup": {"idField": "id", "horizon": "10m"}}),
+        ))
+    })
+    .await;
+    reconcile_settled(&ctx, NAME).await;
+    let lineage_with_dedup = stored(&ctx, NAME).await.status.unwrap();
+
+    edit(&ctx, |p| {
+        p.spec
+            .transforms
+            .insert(0, transform(serde_json::json!({"filter": "true"})))
+    })
+    .await;
+    reconcile_stored(&ctx, NAME).await.unwrap();
+    let status = stored(&ctx, NAME).await.status.unwrap();
+    assert_eq!(
+        status.state_fingerprint,
+        lineage_with_dedup.state_fingerprint
+    );
+    assert_eq!(status.lineage, lineage_with_dedup.lineage);
+
+    edit(&ctx, |p| {
+        p.spec.transforms[1].dedup.as_mut().unwrap().id_field = "event.id".into()
+    })
+    .await;
+    reconcile_stored(&ctx, NAME).await.unwrap();
+    let refused = stored(&ctx, NAME).await;
+    let ready = condition(&refused, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "IncompatibleStateChange")
+    );
+    assert!(ready.message.contains("dedup"), "{}", ready.message);
+}
+
+#[tokio::test]
 async fn suspend_scales_to_zero_and_keeps_checkpoints() {
     let (ctx, runners) = setup(pipeline_secrets()).await;
     for replica in 0..2 {
