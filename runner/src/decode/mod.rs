@@ -1,11 +1,16 @@
 //! JSON decoding that reads only the fields the pipeline uses (event time,
 //! group-by and aggregation fields, transform variables) in one pass over the
-//! event with `sonic-rs`, borrowing strings from the event where possible.
+//! event with `serde_json`, skipping every other value without building it and
+//! borrowing field text from the event where possible.
+
+mod paths;
+mod timestamp;
 
 use std::borrow::Cow;
 
 use sluice_crds::{JsonFormat, TimestampFormat};
-use sonic_rs::PointerTree;
+
+use self::{paths::PathTree, timestamp::Rfc3339Parser};
 
 /// A decoded field.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,9 +63,10 @@ impl FieldValue<'_> {
 
 /// Reads a fixed set of dot-separated field paths from JSON events.
 pub struct Decoder {
-    tree: PointerTree,
+    tree: PathTree,
     paths: Vec<String>,
     timestamp_format: TimestampFormat,
+    rfc3339: Rfc3339Parser,
 }
 
 /// Slot of the event-time field in [`Decoder::decode`]'s output.
@@ -75,14 +81,11 @@ impl Decoder {
                 paths.push(field);
             }
         }
-        let mut tree = PointerTree::new();
-        for path in &paths {
-            tree.add_path(path.split('.'));
-        }
         Self {
-            tree,
+            tree: PathTree::new(&paths),
             paths,
             timestamp_format: format.timestamp_format,
+            rfc3339: Rfc3339Parser::default(),
         }
     }
 
@@ -107,15 +110,10 @@ impl Decoder {
         if !(trimmed.starts_with(b"{") && trimmed.ends_with(b"}")) {
             return Err("not a JSON object".into());
         }
-        let found =
-            sonic_rs::get_many(trimmed, &self.tree).map_err(|e| format!("invalid JSON: {e}"))?;
         values.clear();
-        for value in found {
-            values.push(match value {
-                None => FieldValue::Missing,
-                Some(lazy) => field_value(lazy.as_raw_cow())?,
-            });
-        }
+        values.resize(self.paths.len(), FieldValue::Missing);
+        let text = std::str::from_utf8(trimmed).map_err(|e| format!("not UTF-8 text: {e}"))?;
+        self.tree.read(text, values)?;
         self.event_time(&values[TIMESTAMP_SLOT])
     }
 
@@ -124,9 +122,9 @@ impl Decoder {
         let field = &self.paths[TIMESTAMP_SLOT];
         match (self.timestamp_format, value) {
             (_, FieldValue::Missing) => Err(format!("the event-time field {field} is missing")),
-            (TimestampFormat::Rfc3339, FieldValue::Str(text)) => text
-                .parse::<jiff::Timestamp>()
-                .map(|t| t.as_millisecond())
+            (TimestampFormat::Rfc3339, FieldValue::Str(text)) => self
+                .rfc3339
+                .millis(text)
                 .map_err(|e| format!("the event-time field {field} is not an RFC 3339 time: {e}")),
             (TimestampFormat::EpochMillis, FieldValue::Int(millis)) => Ok(*millis),
             (TimestampFormat::EpochMillis, FieldValue::Float(millis)) => Ok(millis.floor() as i64),
@@ -145,23 +143,19 @@ impl Decoder {
 }
 
 /// Classifies one raw JSON value; strings without escapes are borrowed.
-fn field_value(raw: Cow<'_, str>) -> Result<FieldValue<'_>, String> {
+fn field_value(raw: &str) -> Result<FieldValue<'_>, String> {
     let first = raw.as_bytes().first().copied();
     Ok(match first {
-        Some(b'"') => match raw {
-            Cow::Borrowed(text) if !text.contains('\\') => {
-                FieldValue::Str(Cow::Borrowed(&text[1..text.len() - 1]))
-            }
-            other => FieldValue::Str(Cow::Owned(
-                sonic_rs::from_str::<String>(&other).map_err(|e| format!("invalid string: {e}"))?,
-            )),
-        },
-        Some(b'{' | b'[') => FieldValue::Json(raw),
+        Some(b'"') if !raw.contains('\\') => FieldValue::Str(Cow::Borrowed(&raw[1..raw.len() - 1])),
+        Some(b'"') => FieldValue::Str(Cow::Owned(
+            serde_json::from_str::<String>(raw).map_err(|e| format!("invalid string: {e}"))?,
+        )),
+        Some(b'{' | b'[') => FieldValue::Json(Cow::Borrowed(raw)),
         Some(b't') => FieldValue::Bool(true),
         Some(b'f') => FieldValue::Bool(false),
         Some(b'n') => FieldValue::Null,
         _ => {
-            let text: &str = &raw;
+            let text = raw;
             if text.contains(['.', 'e', 'E']) {
                 FieldValue::Float(
                     text.parse()

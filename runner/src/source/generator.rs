@@ -219,7 +219,7 @@ impl Source for GeneratorSource {
         for n in next..stop {
             let begin = chunk.bytes();
             self.write_event(start_millis, n, chunk.buffer_mut());
-            chunk.seal(begin, n);
+            chunk.seal(begin..chunk.bytes(), n);
         }
         self.reading = Some((range, stop));
         Ok(Some(chunk))

@@ -230,17 +230,22 @@ impl Chunk {
         self.rejected.iter()
     }
 
+    /// The bytes records are spans of.
+    pub fn buffer(&self) -> &[u8] {
+        &self.buffer
+    }
+
     /// Appends a record whose payload the caller writes into `buffer()` first
     /// (generators format straight into the chunk).
     pub fn buffer_mut(&mut self) -> &mut Vec<u8> {
         &mut self.buffer
     }
 
-    /// Marks the bytes written into `buffer_mut()` since `start` as one record.
-    pub fn seal(&mut self, start: usize, offset: i64) {
+    /// Marks bytes written into `buffer_mut()` as one record.
+    pub fn seal(&mut self, bytes: std::ops::Range<usize>, offset: i64) {
         self.records.push(RecordSpan {
-            start,
-            end: self.buffer.len(),
+            start: bytes.start,
+            end: bytes.end,
             offset,
         });
     }
