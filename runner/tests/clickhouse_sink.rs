@@ -127,7 +127,7 @@ async fn window_rows_land_and_a_replayed_epoch_leaves_the_final_rows_unchanged()
         sink.write_epoch(&key(0), std::slice::from_ref(&first))
             .await
             .unwrap(),
-        WriteOutcome::Written { rows: 9 }
+        WriteOutcome::all(9)
     );
     let second = window_rows(3..5);
     sink.write_epoch(&key(1), std::slice::from_ref(&second))

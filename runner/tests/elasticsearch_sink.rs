@@ -1,8 +1,10 @@
 //! The Elasticsearch sink against a local `_bulk` server that checks the
 //! NDJSON protocol and answers per-item errors: deterministic ids make a
 //! replay overwrite, items refused with 429/503 (a partial failure) are sent
-//! again until indexed, a mapping error fails the epoch with the server's
-//! reason, and requests stay within `batchRows`.
+//! again until indexed, an event that does not fit the index mapping goes to
+//! the dead-letter output while the rest is written, a window row that does
+//! not fit fails the epoch with the server's reason, and requests stay within
+//! `batchRows`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,9 +16,10 @@ use serde_json::json;
 use sluice_crds::{ElasticsearchSink as ElasticsearchSpec, SinkInput};
 use sluice_runner::{
     http::RetryPolicy,
+    pipeline::{Pipeline, RunnerIdentity},
     secrets::Secrets,
     sink::{ElasticsearchSink, EpochKey, Sink, WriteOutcome},
-    telemetry::SinkMetrics,
+    telemetry::{SinkMetrics, Telemetry},
 };
 use sluice_tests::elasticsearch::{Elasticsearch, ItemFailure};
 
@@ -92,7 +95,7 @@ async fn documents_get_deterministic_ids_and_a_replay_overwrites_them() {
         sink.write_epoch(&key(4), std::slice::from_ref(&rows))
             .await
             .unwrap(),
-        WriteOutcome::Written { rows: 7 }
+        WriteOutcome::all(7)
     );
     let documents = es.documents("sessions");
     assert_eq!(documents.len(), 7);
@@ -154,7 +157,7 @@ async fn items_refused_with_429_or_503_are_sent_again_until_indexed() {
 }
 
 #[tokio::test]
-async fn documents_that_can_never_be_indexed_fail_the_epoch_with_the_reason() {
+async fn window_rows_that_can_never_be_indexed_fail_the_epoch_with_the_reason() {
     let es = Elasticsearch::start().await;
     let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
     let id = "uid-1/2026-11-24T10:00:00Z/2026-11-24T10:01:00Z/dee";
@@ -219,4 +222,94 @@ async fn credentials_come_from_secrets_and_never_show_in_errors() {
         "{error}"
     );
     assert!(!error.contains("a2V5OnNlY3JldA"), "{error}");
+}
+
+/// A user's event with a field the index maps as a number holding text is
+/// bad input: it lands in the dead-letter output with the server's reason
+/// and its source position, and every other event is indexed.
+#[tokio::test]
+async fn events_that_do_not_fit_the_mapping_are_dead_lettered_and_the_rest_indexed() {
+    let es = Elasticsearch::start().await;
+    es.map_as_number("event.value");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("events.jsonl");
+    let bad = [17, 33];
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let value = if bad.contains(&i) {
+                json!("ten")
+            } else {
+                json!(i)
+            };
+            json!({"ts": format!("2026-11-24T10:00:{i:02}Z"), "n": i, "value": value}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    let manifest = format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{name: refusals}}
+spec:
+  source:
+    file: {{path: "{data}", maxLinesPerTrigger: 15}}
+  format:
+    json: {{timestampField: ts}}
+  sinks:
+    - name: search
+      input: events
+      elasticsearch: {{url: "{url}", index: events, batchRows: 8}}
+  checkpoint: {{uri: "{checkpoints}", interval: 0s}}
+  trigger: {{interval: 0s}}
+"#,
+        data = data.display(),
+        url = es.url(),
+        checkpoints = checkpoints.display(),
+    );
+    let spec = sluice_crds::parse_pipeline(&manifest).unwrap().spec;
+    let identity = RunnerIdentity {
+        pipeline: "uid-1".into(),
+        replica: 0,
+        replicas: 1,
+    };
+    let telemetry = Arc::new(Telemetry::new(0, 1).unwrap());
+    let pipeline = Pipeline::from_spec(&spec, identity, telemetry).unwrap();
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let summary = pipeline.run(stop).await.unwrap();
+    assert_eq!(summary.counts.refused, 2);
+
+    let mut indexed: Vec<i64> = es
+        .documents("events")
+        .values()
+        .map(|d| d.source["event"]["n"].as_i64().unwrap())
+        .collect();
+    indexed.sort_unstable();
+    let expected: Vec<i64> = (0..40).filter(|i| !bad.contains(i)).collect();
+    assert_eq!(indexed, expected);
+
+    let mut dead = Vec::new();
+    for file in std::fs::read_dir(checkpoints.join("dead-letter/replica-0")).unwrap() {
+        let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+        dead.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+    }
+    dead.sort_by_key(|d| d["offset"].as_i64());
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for (line, entry) in bad.iter().zip(&dead) {
+        assert_eq!(entry["reason"], "refused");
+        let detail = entry["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(
+                "sink search: 400 mapper_parsing_exception: failed to parse field [event.value]"
+            ),
+            "{detail}"
+        );
+        let offset: usize = lines[..*line as usize].iter().map(|l| l.len() + 1).sum();
+        assert_eq!(entry["offset"], offset as i64);
+        let event: serde_json::Value =
+            serde_json::from_str(entry["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(event["n"], *line);
+    }
 }

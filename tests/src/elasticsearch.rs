@@ -5,7 +5,9 @@
 //! `_index` (or the URL's index) followed by a source line where the action needs
 //! one — and refuses violations with a 400 like Elasticsearch's. Documents are
 //! stored by (index, id), so a replay overwrites. Per-item failures can be
-//! scripted per document id, and whole requests can be failed.
+//! scripted per document id, fields can be mapped as numbers (documents with
+//! anything else there are refused like Elasticsearch refuses them), and
+//! whole requests can be failed.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -89,6 +91,8 @@ pub struct BulkRequest {
 struct EsState {
     documents: BTreeMap<(String, String), Document>,
     item_failures: HashMap<String, VecDeque<ItemFailure>>,
+    /// Dot-separated paths mapped as `long`.
+    numeric_fields: Vec<String>,
     request_failures: VecDeque<u16>,
     requests: Vec<BulkRequest>,
 }
@@ -128,6 +132,12 @@ impl Elasticsearch {
         let mut state = self.lock();
         let queue = state.item_failures.entry(id.to_owned()).or_default();
         queue.extend(std::iter::repeat_n(failure, times.min(1_000_000)));
+    }
+
+    /// Maps the dot-separated `path` as a number: documents where it holds
+    /// anything else are refused with a 400 `mapper_parsing_exception`.
+    pub fn map_as_number(&self, path: &str) {
+        self.lock().numeric_fields.push(path.to_owned());
     }
 
     /// The next whole `_bulk` request is answered with `status` (for example 503).
@@ -257,8 +267,19 @@ impl EsState {
             .get_mut(&id)
             .and_then(VecDeque::pop_front);
         let key = (index.clone(), id.clone());
+        let unmappable = source.as_ref().and_then(|source| {
+            self.numeric_fields.iter().find(|path| {
+                let value = path.split('.').try_fold(source, |v, key| v.get(key));
+                value.is_some_and(|v| !v.is_number() && !v.is_null())
+            })
+        });
         let result = if let Some(failure) = failure {
             json!({"_index": index, "_id": id, "status": failure.status(), "error": failure.error(&index, &id)})
+        } else if let Some(path) = unmappable {
+            json!({"_index": index, "_id": id, "status": 400, "error": {
+                "type": "mapper_parsing_exception",
+                "reason": format!("failed to parse field [{path}] of type [long] in document with id '{id}'"),
+            }})
         } else {
             // parse_bulk gives every action but `delete` a source.
             match source {

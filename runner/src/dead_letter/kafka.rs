@@ -218,7 +218,9 @@ fn check_delivery(
 /// The reason's label and its detail, as header values.
 fn describe(reason: &Reason) -> (&'static str, String) {
     let detail = match reason {
-        Reason::Malformed(detail) | Reason::Transform(detail) => detail.clone(),
+        Reason::Malformed(detail) | Reason::Transform(detail) | Reason::Refused(detail) => {
+            detail.clone()
+        }
         Reason::Late {
             event_time,
             watermark,

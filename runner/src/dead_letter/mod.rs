@@ -1,5 +1,5 @@
-//! The dead-letter output: malformed and late events, with the reason, the
-//! original bytes and where they came from. Written once per epoch, after the
+//! The dead-letter output: malformed, late and refused events, with the
+//! reason, the original bytes and where they came from. Written once per epoch, after the
 //! epoch's sinks, keyed like sink output so a replay does not duplicate.
 
 mod kafka;
@@ -29,6 +29,8 @@ pub enum Reason {
         event_time: String,
         watermark: String,
     },
+    /// A sink's destination refused it for its content.
+    Refused(String),
 }
 
 impl Reason {
@@ -38,6 +40,7 @@ impl Reason {
             Self::Malformed(_) => "malformed",
             Self::Transform(_) => "transform",
             Self::Late { .. } => "late",
+            Self::Refused(_) => "refused",
         }
     }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use arrow::{
     array::{
-        ArrayRef, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+        Array, ArrayRef, AsArray, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
         TimestampMicrosecondBuilder,
     },
-    datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
+    datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit},
     error::ArrowError,
 };
 use jiff::Timestamp;
@@ -46,8 +46,17 @@ pub struct EpochCounts {
     /// Events dropped by dedup transforms.
     pub duplicates: u64,
     pub late: u64,
+    /// Event rows a sink refused for their content.
+    pub refused: u64,
     /// Window rows emitted.
     pub windows: u64,
+}
+
+impl EpochCounts {
+    /// Events sent to the dead-letter output.
+    pub fn dead_lettered(&self) -> u64 {
+        self.malformed + self.transform_failed + self.late + self.refused
+    }
 }
 
 /// What one epoch produced.
@@ -399,6 +408,39 @@ impl EventRows {
         ];
         RecordBatch::try_new(event_schema(), columns)
     }
+}
+
+/// The event behind row `row` of an event-row batch, for the dead-letter
+/// output (a sink refused it).
+pub fn event_of_row(
+    batch: &RecordBatch,
+    row: usize,
+    reason: Reason,
+) -> Result<DeadEvent, EngineError> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .filter(|column| row < column.len())
+            .ok_or_else(|| ArrowError::SchemaError(format!("event rows lack row {row} of {name}")))
+    };
+    let stream = column("stream")?.as_string_opt::<i32>();
+    let partition = column("partition")?.as_primitive_opt::<Int32Type>();
+    let offset = column("offset")?.as_primitive_opt::<Int64Type>();
+    let event = column("event")?.as_string_opt::<i32>();
+    let (Some(stream), Some(partition), Some(offset), Some(event)) =
+        (stream, partition, offset, event)
+    else {
+        return Err(
+            ArrowError::SchemaError("event rows have unexpected column types".into()).into(),
+        );
+    };
+    Ok(DeadEvent {
+        reason,
+        partition: PartitionId::new(stream.value(row), partition.value(row)),
+        offset: offset.value(row),
+        payload: event.value(row).as_bytes().to_vec(),
+        extras: None,
+    })
 }
 
 /// Schema of event rows.

@@ -19,13 +19,35 @@ use tokio::sync::watch;
 pub use self::engine::{Engine, EngineError, EpochCounts, EpochOutput, event_schema, rfc3339};
 use crate::{
     checkpoint::{Checkpoint, CheckpointError, CheckpointStore, EpochPlan, ObjectStoreCheckpoints},
-    dead_letter::{self, DeadLetter, DeadLetterError},
-    sink::{self, EpochKey, Sink, SinkError},
+    dead_letter::{self, DeadEvent, DeadLetter, DeadLetterError, Reason},
+    sink::{self, EpochKey, RefusedRow, Sink, SinkError, WriteOutcome},
     source::{
         self, PartitionId, PartitionRange, Planned, Positions, Source, SourceContext, SourceError,
     },
     telemetry::Telemetry,
 };
+
+/// The events behind the event rows a sink refused, for the dead-letter output.
+fn refused_events(
+    sink: &str,
+    rows: &[RecordBatch],
+    refused: Vec<RefusedRow>,
+) -> Result<Vec<DeadEvent>, PipelineError> {
+    refused
+        .into_iter()
+        .map(|refusal| {
+            let batch = rows.get(refusal.batch).ok_or_else(|| SinkError::Failed {
+                sink: sink.to_owned(),
+                message: format!(
+                    "refused a row of batch {}, which it was not given",
+                    refusal.batch
+                ),
+            })?;
+            let reason = Reason::Refused(format!("sink {sink}: {}", refusal.reason));
+            Ok(engine::event_of_row(batch, refusal.row, reason)?)
+        })
+        .collect()
+}
 
 /// Records one epoch reads at most when the source sets no limit of its own.
 pub const DEFAULT_MAX_RECORDS_PER_EPOCH: i64 = 1_000_000;
@@ -400,7 +422,7 @@ impl Pipeline {
         while let Some(chunk) = self.source.next_chunk().await? {
             self.engine.process(&mut run, &chunk);
         }
-        let output = self.engine.finish_epoch(run, plan)?;
+        let mut output = self.engine.finish_epoch(run, plan)?;
         let key = |sink: &str| EpochKey {
             pipeline: self.identity.pipeline.clone(),
             replica: self.identity.replica,
@@ -422,6 +444,12 @@ impl Pipeline {
                 ?outcome,
                 "sink written"
             );
+            if let WriteOutcome::Written { refused, .. } = outcome {
+                output.counts.refused += refused.len() as u64;
+                output
+                    .dead
+                    .extend(refused_events(sink.name(), &rows, refused)?);
+            }
         }
         if !output.dead.is_empty() {
             self.dead_letter
@@ -520,6 +548,7 @@ impl Pipeline {
             ("malformed", counts.malformed),
             ("transform", counts.transform_failed),
             ("late", counts.late),
+            ("refused", counts.refused),
         ] {
             if n > 0 {
                 t.dead_lettered.with_label_values(&[reason]).inc_by(n);
@@ -552,9 +581,10 @@ impl Pipeline {
         total.filtered += counts.filtered;
         total.duplicates += counts.duplicates;
         total.late += counts.late;
+        total.refused += counts.refused;
         total.windows += counts.windows;
         let rate = counts.records as f64 / took.as_secs_f64().max(1e-9);
-        let dead = counts.malformed + counts.transform_failed + counts.late;
+        let dead = counts.dead_lettered();
         let last_epoch = self.last_epoch;
         let summary = self.summary.counts;
         t.update_status(|s| {
@@ -563,7 +593,7 @@ impl Pipeline {
             s.events_per_second = rate;
             s.dead_letter_per_second = dead as f64 / took.as_secs_f64().max(1e-9);
             s.events_total = summary.records;
-            s.dead_letter_total = summary.malformed + summary.transform_failed + summary.late;
+            s.dead_letter_total = summary.dead_lettered();
             s.windows_emitted_total = summary.windows;
             s.partitions = backlog
                 .unwrap_or_default()

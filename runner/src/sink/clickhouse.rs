@@ -305,7 +305,7 @@ impl Sink for ClickHouseSink {
                 block += 1;
             }
         }
-        Ok(WriteOutcome::Written { rows: written })
+        Ok(WriteOutcome::all(written))
     }
 }
 

@@ -131,7 +131,7 @@ impl Sink for DeltaSink {
                 writer.write(batch.clone()).await?;
             }
             writer.flush_and_commit(&mut table).await?;
-            Ok(WriteOutcome::Written { rows: count })
+            Ok(WriteOutcome::all(count))
         }
         .await;
         self.table = Some(table);

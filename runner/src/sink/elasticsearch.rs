@@ -6,9 +6,12 @@
 //!
 //! Each epoch is sent in requests of at most `batchRows` documents and
 //! [`MAX_REQUEST_BYTES`]. Per-item answers are never ignored: items refused
-//! with 429 or a 5xx are sent again after a backoff; an item refused with
-//! another 4xx (a mapping conflict, say) fails the epoch with the server's
-//! reason, since writing the rest and moving on would lose it.
+//! with 429 or a 5xx are sent again after a backoff. An event refused with
+//! another 4xx (a field that conflicts with the index mapping, say) is bad
+//! input: it goes to the dead-letter output with the server's reason and the
+//! rest of the epoch is written. A window row refused that way fails the
+//! epoch instead, since window rows all share one shape and the index, not
+//! the row, is wrong.
 
 use arrow::{array::RecordBatch, datatypes::SchemaRef};
 use async_trait::async_trait;
@@ -17,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice_crds::{ElasticsearchSink as ElasticsearchSpec, SinkInput};
 
-use super::{EpochKey, Sink, SinkError, WriteOutcome, row_ids, rows_as_json};
+use super::{EpochKey, RefusedRow, Sink, SinkError, WriteOutcome, row_ids, rows_as_json};
 use crate::{
     http::{self, Auth, Failure, RetryPolicy},
     secrets::Secrets,
@@ -46,6 +49,18 @@ struct Document {
     id: String,
     /// The action line and the source line, newline-terminated.
     lines: Vec<u8>,
+    /// Index of its batch among the epoch's rows, and of its row in the batch.
+    batch: usize,
+    row: usize,
+}
+
+/// What one `_bulk` request left to do.
+#[derive(Default)]
+struct BulkAnswer<'d> {
+    /// Refused for now (429, 5xx): sent again.
+    retry: Vec<&'d Document>,
+    /// Refused for their content, with the reason.
+    refused: Vec<(&'d Document, String)>,
 }
 
 #[derive(Deserialize)]
@@ -113,14 +128,14 @@ impl ElasticsearchSink {
     /// The epoch's rows as documents with deterministic ids.
     fn documents(&self, key: &EpochKey, rows: &[RecordBatch]) -> Result<Vec<Document>, SinkError> {
         let mut documents = Vec::new();
-        for batch in rows {
+        for (batch_index, batch) in rows.iter().enumerate() {
             let arrow = |error| SinkError::Arrow {
                 sink: self.name.clone(),
                 error,
             };
             let ids = row_ids(batch).map_err(arrow)?;
             let json = rows_as_json(std::slice::from_ref(batch)).map_err(arrow)?;
-            for (id, line) in ids.into_iter().zip(json.split(|b| *b == b'\n')) {
+            for (row, (id, line)) in ids.into_iter().zip(json.split(|b| *b == b'\n')).enumerate() {
                 let id = format!("{}/{id}", key.pipeline);
                 let source = self.source(line)?;
                 let action = serde_json::json!({"index": {"_index": self.index, "_id": id}});
@@ -129,7 +144,12 @@ impl ElasticsearchSink {
                 lines.push(b'\n');
                 lines.extend_from_slice(&source);
                 lines.push(b'\n');
-                documents.push(Document { id, lines });
+                documents.push(Document {
+                    id,
+                    lines,
+                    batch: batch_index,
+                    row,
+                });
             }
         }
         Ok(documents)
@@ -150,16 +170,32 @@ impl ElasticsearchSink {
         serde_json::to_vec(&row).map_err(|e| self.failed(e.to_string()))
     }
 
-    /// Sends `documents` until every one is indexed; retries the items (or
-    /// whole requests) that failed transiently.
-    async fn index(&self, mut pending: Vec<&Document>) -> Result<(), SinkError> {
+    /// Sends `documents` until every one is indexed or refused for its
+    /// content; retries the items (or whole requests) that failed transiently.
+    async fn index(&self, mut pending: Vec<&Document>) -> Result<Vec<RefusedRow>, SinkError> {
         let mut delays = self.retry.schedule();
+        let mut refused = Vec::new();
         loop {
             let mut retry_later = Vec::new();
             let mut retry_after = None;
             for batch in batches(&pending, self.batch_rows) {
                 match self.send(&batch).await {
-                    Ok(failed) => retry_later.extend(failed),
+                    Ok(answer) => {
+                        retry_later.extend(answer.retry);
+                        for (document, reason) in answer.refused {
+                            if self.input == SinkInput::Windows {
+                                return Err(self.failed(format!(
+                                    "window row {} refused: {reason}",
+                                    document.id
+                                )));
+                            }
+                            refused.push(RefusedRow {
+                                batch: document.batch,
+                                row: document.row,
+                                reason,
+                            });
+                        }
+                    }
                     Err(Failure::Permanent { message }) => return Err(self.failed(message)),
                     Err(Failure::Transient { message, after }) => {
                         tracing::warn!(sink = %self.name, %message, "bulk request failed; will retry");
@@ -169,7 +205,7 @@ impl ElasticsearchSink {
                 }
             }
             if retry_later.is_empty() {
-                return Ok(());
+                return Ok(refused);
             }
             let Some(delay) = delays.next() else {
                 return Err(self.failed(format!(
@@ -184,8 +220,8 @@ impl ElasticsearchSink {
         }
     }
 
-    /// One `_bulk` request; returns the documents refused transiently.
-    async fn send<'d>(&self, batch: &[&'d Document]) -> Result<Vec<&'d Document>, Failure> {
+    /// One `_bulk` request; says which documents were refused, and how.
+    async fn send<'d>(&self, batch: &[&'d Document]) -> Result<BulkAnswer<'d>, Failure> {
         let body: Vec<u8> = batch.iter().flat_map(|d| d.lines.iter().copied()).collect();
         let timer = self.meter.request_seconds.start_timer();
         let result = self
@@ -225,24 +261,22 @@ impl ElasticsearchSink {
             }));
         }
         self.meter.requests_ok.inc();
-        let mut transient = Vec::new();
+        let mut answer = BulkAnswer::default();
         for (document, item) in batch.iter().zip(parsed.items) {
             match item_outcome(&item) {
                 ItemOutcome::Indexed => self.meter.rows_written.inc(),
                 ItemOutcome::Transient(reason) => {
                     tracing::debug!(sink = %self.name, id = %document.id, %reason, "document refused; will retry");
-                    transient.push(*document);
+                    answer.retry.push(*document);
                 }
                 ItemOutcome::Permanent(reason) => {
                     self.meter.item_failures.inc();
-                    return Err(Failure::Permanent {
-                        message: format!("document {} refused: {reason}", document.id),
-                    });
+                    answer.refused.push((*document, reason));
                 }
             }
         }
-        self.meter.item_retries.inc_by(transient.len() as u64);
-        Ok(transient)
+        self.meter.item_retries.inc_by(answer.retry.len() as u64);
+        Ok(answer)
     }
 }
 
@@ -333,9 +367,10 @@ impl Sink for ElasticsearchSink {
         rows: &[RecordBatch],
     ) -> Result<WriteOutcome, SinkError> {
         let documents = self.documents(key, rows)?;
-        self.index(documents.iter().collect()).await?;
+        let refused = self.index(documents.iter().collect()).await?;
         Ok(WriteOutcome::Written {
-            rows: documents.len(),
+            rows: documents.len() - refused.len(),
+            refused,
         })
     }
 }

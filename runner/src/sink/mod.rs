@@ -69,12 +69,39 @@ impl EpochKey {
 }
 
 /// What a sink did with an epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// The rows were written.
-    Written { rows: usize },
+    /// The rows were written, except `refused` ones.
+    Written {
+        rows: usize,
+        refused: Vec<RefusedRow>,
+    },
     /// The sink already held this epoch (a replay after a crash); nothing written.
     AlreadyCommitted,
+}
+
+impl WriteOutcome {
+    /// Every row written.
+    pub fn all(rows: usize) -> Self {
+        Self::Written {
+            rows,
+            refused: Vec::new(),
+        }
+    }
+}
+
+/// An event row the destination refused for its content (a field that
+/// conflicts with an Elasticsearch mapping, say). Such rows go to the
+/// dead-letter output with the reason; the rest of the epoch is written.
+/// Window rows are never refused this way: their shape is fixed, so a
+/// refusal means a misconfigured destination and fails the epoch instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedRow {
+    /// Index of the batch among the epoch's rows, and of the row in it.
+    pub batch: usize,
+    pub row: usize,
+    /// The destination's reason.
+    pub reason: String,
 }
 
 /// Why a sink failed.

@@ -59,8 +59,8 @@ impl Sink for StdoutSink {
                 message: format!("cannot write to standard output: {e}"),
             })?;
         self.last_epoch = Some(key.epoch);
-        Ok(WriteOutcome::Written {
-            rows: rows.iter().map(RecordBatch::num_rows).sum(),
-        })
+        Ok(WriteOutcome::all(
+            rows.iter().map(RecordBatch::num_rows).sum(),
+        ))
     }
 }
