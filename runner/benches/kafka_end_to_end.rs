@@ -9,13 +9,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::{data_set, reference_query_spec, write_jsonl};
+use common::{data_set, reference_query_spec, spawn_runner, wait_for_line, write_jsonl};
 use rdkafka::{
     Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -55,6 +51,8 @@ fn main() {
     }
     producer.flush().expect("flush");
     let produce_took = produce_started.elapsed();
+    let stored: i64 = broker.end_offsets(TOPIC).expect("end offsets").iter().sum();
+    assert_eq!(stored, events as i64, "the broker's end offsets");
     println!(
         "produced {events} events ({:.0} bytes each) in {:.1}s",
         bytes as f64 / events as f64,
@@ -132,41 +130,20 @@ spec:
         ),
     )
     .expect("write the manifest");
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_sluice-runner"))
-        .arg("run")
-        .arg(&manifest)
-        .args(["--listen", "127.0.0.1:0", "--quiet"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sluice-runner");
-    let stderr = runner.stderr.take().expect("runner stderr");
-    let mut started = None;
+    let (mut runner, logs) = spawn_runner(&manifest, &[]);
+    // Each wait gives up after two minutes without the line it waits for.
+    wait_for_line(&logs, "epoch planned", |_| true).expect("the runner planned no epoch");
+    let started = Instant::now();
     let mut read = 0u64;
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
+    while read < events as u64 {
+        let Some(epoch) = wait_for_line(&logs, "epoch committed", |_| true) else {
+            let _ = runner.kill();
+            panic!("the runner stopped committing epochs after {read} of {events} events");
         };
-        match log["message"].as_str() {
-            Some("epoch planned") if started.is_none() => started = Some(Instant::now()),
-            Some("epoch committed") => {
-                read += log["records"].as_u64().unwrap_or(0);
-                if read >= events as u64 {
-                    break;
-                }
-            }
-            _ => {}
-        }
+        read += epoch["records"].as_u64().unwrap_or(0);
     }
-    let took = started.map(|s| s.elapsed());
+    let took = started.elapsed();
     let _ = runner.kill();
     let _ = runner.wait();
-    let took = took.expect("the runner planned no epoch");
-    assert!(
-        read >= events as u64,
-        "the runner stopped after {read} events"
-    );
     events as f64 / took.as_secs_f64()
 }

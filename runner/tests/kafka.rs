@@ -1,7 +1,7 @@
 //! The Kafka source end to end, against a real Kafka-protocol broker (tansu,
 //! started by `sluice_tests::kafka`; see tests/README.md): the reference
-//! query over a multi-partition topic, crashes and a broker restart, and the
-//! dead-letter topic.
+//! query over a multi-partition topic, crashes and a broker restart (the
+//! broker keeps its data in a SQLite file), and the dead-letter topic.
 //!
 //! The data set and the independent batch computation are the runner's
 //! shared ones (`common`): every JSON line becomes one message. Each
@@ -25,8 +25,9 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::Headers,
 };
+use sluice_crds::secret_env_var;
 use sluice_runner::sink::delta::read_table;
-use sluice_tests::kafka::KafkaBroker;
+use sluice_tests::kafka::{KafkaBroker, ScramLogin};
 
 const TOPIC: &str = "events";
 const PARTITIONS: i32 = 4;
@@ -112,7 +113,14 @@ impl Topic {
     }
 }
 
-fn manifest(dir: &Path, broker: &KafkaBroker, extra: &str) -> (std::path::PathBuf, String) {
+/// The reference query over the topic; `kafka_extra` adds lines to the
+/// source's `kafka` block, `extra` to the spec.
+fn manifest(
+    dir: &Path,
+    broker: &KafkaBroker,
+    kafka_extra: &str,
+    extra: &str,
+) -> (std::path::PathBuf, String) {
     let table = dir.join("table").display().to_string();
     let checkpoints = dir.join("checkpoints").display().to_string();
     let text = format!(
@@ -127,7 +135,7 @@ spec:
       consumerGroup: {GROUP}
       startingOffsets: earliest
       maxOffsetsPerTrigger: {MAX_OFFSETS_PER_TRIGGER}
-{spec}{extra}"#,
+{kafka_extra}{spec}{extra}"#,
         bootstrap = broker.bootstrap_servers(),
         spec = reference_query_spec(&table, &checkpoints, "0s", "0s"),
     );
@@ -195,7 +203,7 @@ async fn reference_query_over_a_partitioned_topic_matches_the_batch_computation(
     let topic = Topic::generate(40_000, 3);
     topic.produce(&broker);
     let dir = tempfile::tempdir().unwrap();
-    let (manifest, table) = manifest(dir.path(), &broker, "");
+    let (manifest, table) = manifest(dir.path(), &broker, "", "");
 
     let (mut runner, logs) = spawn_runner(&manifest, &[]);
     let (expected, late) = expected_windows(&topic.lines);
@@ -210,30 +218,40 @@ async fn reference_query_over_a_partitioned_topic_matches_the_batch_computation(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kills_and_a_broker_outage_lose_and_duplicate_nothing() {
-    // tansu 0.6 on S3 storage loses whole produce batches (see tests/README.md),
-    // so the outage is a frozen broker (SIGSTOP) that keeps its data in memory.
-    let broker = KafkaBroker::start().unwrap();
+async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
+    let mut broker = KafkaBroker::start().unwrap();
     let topic = Topic::generate(60_000, 5);
     topic.produce(&broker);
+    let produced = broker.end_offsets(TOPIC).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (manifest, table) = manifest(dir.path(), &broker, "");
+    let (manifest, table) = manifest(dir.path(), &broker, "", "");
     let (expected, _) = expected_windows(&topic.lines);
 
     let mut rng = Rng::new(2026);
-    for kill in 0..6 {
+    // Which of the runner's lives sees the broker restart (early enough that
+    // data is left to read afterwards).
+    let restart_in = 1 + rng.below(3);
+    for life in 0..6 {
         let (mut runner, logs) = spawn_runner(&manifest, &[]);
+        let readyz = format!("{}/readyz", runner_address(&logs));
         assert!(
             wait_for_log(&logs, "epoch committed", 0),
-            "no epoch committed before kill {kill}"
+            "no epoch committed in runner life {life}"
         );
-        if kill == 1 {
-            // The broker goes away under a running runner, which must ride it
-            // out: it keeps running and commits epochs again once it is back.
-            broker.freeze().unwrap();
-            // A deliberate outage longer than the source's stall timeout.
-            std::thread::sleep(Duration::from_secs(20));
-            broker.unfreeze().unwrap();
+        if life == restart_in {
+            // The broker dies under a running runner (a random moment of its
+            // processing) and comes back with its data; the runner must ride
+            // it out: report not ready, never exit, then go on.
+            std::thread::sleep(Duration::from_millis(rng.below(2_000)));
+            broker.kill();
+            wait_until_readyz(&readyz, &mut runner, false).await;
+            broker.start_again().unwrap();
+            assert_eq!(
+                broker.end_offsets(TOPIC).unwrap(),
+                produced,
+                "the restarted broker kept every record"
+            );
+            wait_until_readyz(&readyz, &mut runner, true).await;
             let _ = logs.try_iter().count();
             for _ in 0..2 {
                 assert!(
@@ -241,10 +259,6 @@ async fn kills_and_a_broker_outage_lose_and_duplicate_nothing() {
                     "no progress after the broker restart"
                 );
             }
-            assert!(
-                runner.try_wait().unwrap().is_none(),
-                "the runner exited on a broker restart"
-            );
         }
         // A random moment within the next two seconds of processing.
         std::thread::sleep(Duration::from_millis(rng.below(2_000)));
@@ -258,6 +272,53 @@ async fn kills_and_a_broker_outage_lose_and_duplicate_nothing() {
     wait_for_committed_end(&broker);
 }
 
+/// The runner's HTTP address, from the log line that announces it.
+fn runner_address(logs: &mpsc::Receiver<String>) -> String {
+    let line = wait_for_line(
+        logs,
+        "serving /healthz, /readyz, /metrics and /status",
+        |_| true,
+    )
+    .expect("the runner announces its address");
+    format!("http://{}", line["address"].as_str().unwrap())
+}
+
+/// Polls a runner endpoint every 200 ms (two minutes at most) until
+/// `accept` takes its answer, checking that the runner stays up meanwhile.
+async fn poll_runner<T>(
+    runner: &mut Child,
+    url: &str,
+    waiting_for: &str,
+    accept: impl AsyncFn(reqwest::Response) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            runner.try_wait().unwrap().is_none(),
+            "the runner exited while waiting for {waiting_for}"
+        );
+        if let Ok(response) = reqwest::get(url).await
+            && let Some(accepted) = accept(response).await
+        {
+            return accepted;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never showed {waiting_for}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls `/readyz` until it says ready (200) or not (503).
+async fn wait_until_readyz(url: &str, runner: &mut Child, ready: bool) {
+    let waiting_for = if ready { "ready" } else { "not ready" };
+    poll_runner(runner, url, waiting_for, async |response| {
+        (response.status().is_success() == ready).then_some(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_late_events_land_in_the_dead_letter_topic() {
     const DLQ: &str = "events-dlq";
@@ -267,7 +328,7 @@ async fn malformed_and_late_events_land_in_the_dead_letter_topic() {
     broker.create_topic(DLQ, 2).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("  lateEvents: deadLetter\n  deadLetter: {{kafka: {{topic: {DLQ}}}}}\n");
-    let (manifest, table) = manifest(dir.path(), &broker, &extra);
+    let (manifest, table) = manifest(dir.path(), &broker, "", &extra);
 
     // What must be dead-lettered, (topic, partition, offset) → reason: the
     // malformed lines, and the events an hour behind their place in the data
@@ -339,4 +400,72 @@ async fn malformed_and_late_events_land_in_the_dead_letter_topic() {
     }
     assert_eq!(dead, expected_dead);
     stop_gracefully(runner, logs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_credentials_from_a_secret_log_in_to_an_authenticating_broker() {
+    let login = ScramLogin {
+        username: "sluice-reader".into(),
+        password: "correct horse battery staple".into(),
+    };
+    let broker = KafkaBroker::start_with_scram(login.clone()).unwrap();
+    let topic = Topic::generate(10_000, 13);
+    topic.produce(&broker);
+    let dir = tempfile::tempdir().unwrap();
+    let sasl = "      sasl: {mechanism: SCRAM-SHA-512, secretRef: {name: kafka-user}}\n";
+    let (manifest, table) = manifest(dir.path(), &broker, sasl, "");
+    // What the controller puts in the runner's environment from the Secret.
+    let secret = |password: &str| {
+        vec![
+            (
+                secret_env_var("kafka-user", "username"),
+                login.username.clone(),
+            ),
+            (
+                secret_env_var("kafka-user", "password"),
+                password.to_owned(),
+            ),
+        ]
+    };
+
+    // A wrong password: the runner says why it is not ready and keeps
+    // retrying instead of exiting.
+    let wrong = secret("not the password");
+    let (mut runner, logs) = spawn_runner(&manifest, &env_refs(&wrong));
+    let status = format!("{}/status", runner_address(&logs));
+    let error = wait_for_status_error(&status, &mut runner).await;
+    assert!(
+        error.to_lowercase().contains("auth"),
+        "the error names the failed authentication: {error}"
+    );
+    assert!(
+        !error.contains("not the password"),
+        "the password stays out of status"
+    );
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+
+    // The right one: the pipeline reads everything.
+    let right = secret(&login.password);
+    let (mut runner, logs) = spawn_runner(&manifest, &env_refs(&right));
+    let (expected, _) = expected_windows(&topic.lines);
+    let actual = wait_for_table(&table, &expected, &mut runner).await;
+    assert_eq!(actual, expected, "Delta rows over SASL SCRAM");
+    stop_gracefully(runner, logs);
+    wait_for_committed_end(&broker);
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, String)> {
+    env.iter()
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect()
+}
+
+/// Polls the runner's `/status` until it reports an error; returns it.
+async fn wait_for_status_error(url: &str, runner: &mut Child) -> String {
+    poll_runner(runner, url, "an error", async |response| {
+        let status = response.json::<serde_json::Value>().await.ok()?;
+        status["error"].as_str().map(str::to_owned)
+    })
+    .await
 }

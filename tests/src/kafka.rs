@@ -2,10 +2,11 @@
 //! installed from crates.io by `tests/scripts/setup.d/20-tansu.sh` and run
 //! here as a child process on 127.0.0.1.
 //!
-//! Storage is in memory by default. A test that restarts the broker and needs
-//! its data back passes [`BrokerStorage::S3`] (tansu's object-store engine
-//! pointed at a real S3 endpoint such as moto_server): tansu has no file-backed
-//! engine in its `dynostore` build.
+//! Topics live in a SQLite file in the broker's work folder (tansu's `libsql`
+//! engine), so a broker that is killed and started again has its records and
+//! consumer-group offsets back. tansu's `memory://` engine is not used: it
+//! answers ListOffsets(latest) with the newest batch's *first* offset + 1, so
+//! a high watermark read after a multi-record batch is short of the end.
 
 use std::{
     fs::File,
@@ -53,47 +54,66 @@ pub enum BrokerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {message}")]
     CreateTopic { topic: String, message: String },
+    #[error("creating SASL user {user}: {message}")]
+    CreateUser { user: String, message: String },
 }
 
-/// Where tansu keeps its topics.
+/// A SCRAM-SHA-512 login.
 #[derive(Clone, Debug)]
-pub enum BrokerStorage {
-    /// Lost when the broker stops.
-    Memory,
-    /// Survives a restart: an existing S3 bucket, reached with the given
-    /// `AWS_*` environment (for example [`crate::moto::MotoS3::env`]).
-    S3 {
-        bucket: String,
-        env: Vec<(&'static str, String)>,
-    },
+pub struct ScramLogin {
+    pub username: String,
+    pub password: String,
 }
 
 /// A running tansu broker; killed when dropped.
 pub struct KafkaBroker {
     port: u16,
-    storage: BrokerStorage,
     workdir: tempfile::TempDir,
     child: Option<Child>,
+    /// Set when the broker requires SASL: the harness's own clients log in so.
+    login: Option<ScramLogin>,
 }
 
 impl KafkaBroker {
-    /// Starts a broker with in-memory storage on a free port and waits until it answers.
+    /// Starts a broker on a free port and waits until it answers.
     pub fn start() -> Result<Self, BrokerError> {
-        Self::start_with(BrokerStorage::Memory)
-    }
-
-    /// Starts a broker with the given storage on a free port and waits until it answers.
-    pub fn start_with(storage: BrokerStorage) -> Result<Self, BrokerError> {
         let workdir = tempfile::tempdir().map_err(|source| BrokerError::Io {
             action: "creating the broker's work folder".into(),
             source,
         })?;
         let mut broker = Self {
             port: crate::net::free_port(),
-            storage,
             workdir,
             child: None,
+            login: None,
         };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// Starts a broker that requires SASL SCRAM-SHA-512 from every client and
+    /// knows `login`, which the harness's own clients then use. tansu stores
+    /// SCRAM credentials in its SQLite file, so the user is created on an open
+    /// broker that then restarts with `--authentication`.
+    pub fn start_with_scram(login: ScramLogin) -> Result<Self, BrokerError> {
+        let mut broker = Self::start()?;
+        let output = Command::new(tansu_binary()?)
+            .args(["user", "create", "--mechanism", "scram512", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", broker.port))
+            .args([&login.username, &login.password])
+            .output()
+            .map_err(|source| BrokerError::Io {
+                action: "running tansu user create".into(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(BrokerError::CreateUser {
+                user: login.username,
+                message: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        broker.kill();
+        broker.login = Some(login);
         broker.spawn()?;
         Ok(broker)
     }
@@ -103,43 +123,29 @@ impl KafkaBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Stops the broker (SIGKILL) and starts it again on the same port and storage.
+    /// Kills the broker (SIGKILL) and starts it again on the same port with
+    /// the same storage file.
     pub fn restart(&mut self) -> Result<(), BrokerError> {
-        self.stop();
-        self.spawn()
+        self.kill();
+        self.start_again()
     }
 
-    /// Stops the broker (SIGKILL); [`KafkaBroker::restart`] brings it back.
-    pub fn stop(&mut self) {
+    /// Kills the broker (SIGKILL): clients see connections refused until
+    /// [`KafkaBroker::start_again`].
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Freezes the broker process (SIGSTOP): clients see an unreachable broker
-    /// that keeps its data. [`KafkaBroker::unfreeze`] lets it go on.
-    pub fn freeze(&self) -> Result<(), BrokerError> {
-        self.signal("-STOP")
-    }
-
-    /// Lets a frozen broker go on (SIGCONT).
-    pub fn unfreeze(&self) -> Result<(), BrokerError> {
-        self.signal("-CONT")
-    }
-
-    fn signal(&self, signal: &str) -> Result<(), BrokerError> {
-        let Some(child) = &self.child else {
+    /// Starts a killed broker again on the same port with the same storage
+    /// file, and waits until it answers.
+    pub fn start_again(&mut self) -> Result<(), BrokerError> {
+        if self.child.is_some() {
             return Ok(());
-        };
-        Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .map(|_| ())
-            .map_err(|source| BrokerError::Io {
-                action: format!("sending {signal} to the broker"),
-                source,
-            })
+        }
+        self.spawn()
     }
 
     /// Creates a topic and waits until its metadata shows every partition.
@@ -180,18 +186,13 @@ impl KafkaBroker {
             .map_or(0, |t| t.partitions().len()))
     }
 
-    /// A producer configured for this broker (`acks=all`, batches of at most
-    /// 500 records); tests check the end offsets afterwards.
+    /// A producer configured for this broker (`acks=all`, librdkafka's
+    /// default batching); tests check the end offsets afterwards.
     pub fn producer(&self) -> Result<TestProducer, BrokerError> {
         let producer = self
             .client_config()
             .set("acks", "all")
             .set("linger.ms", "5")
-            // tansu 0.6 silently drops records of very large batches (seen
-            // with librdkafka's default of 10,000 records per batch) and, on
-            // S3 storage, of concurrent requests to one partition.
-            .set("batch.num.messages", "500")
-            .set("max.in.flight.requests.per.connection", "1")
             .create()?;
         Ok(TestProducer { producer })
     }
@@ -238,6 +239,13 @@ impl KafkaBroker {
             .set("bootstrap.servers", self.bootstrap_servers())
             .set("socket.timeout.ms", "10000")
             .set("log_level", "3");
+        if let Some(login) = &self.login {
+            config
+                .set("security.protocol", "sasl_plaintext")
+                .set("sasl.mechanisms", "SCRAM-SHA-512")
+                .set("sasl.username", &login.username)
+                .set("sasl.password", &login.password);
+        }
         config
     }
 
@@ -274,28 +282,20 @@ impl KafkaBroker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", &self.storage_url(), "--silent"])
+            // Relative to the work folder (the broker's current directory).
+            .args(["--storage-engine", "sqlite://tansu.db", "--silent"])
+            .args(self.login.is_some().then_some("--authentication"))
             .env("RUST_LOG", "warn")
             .current_dir(self.workdir.path())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        if let BrokerStorage::S3 { env, .. } = &self.storage {
-            command.envs(env.iter().map(|(name, value)| (name, value)));
-        }
         let child = command.spawn().map_err(|source| BrokerError::Io {
             action: format!("starting {}", binary.display()),
             source,
         })?;
         self.child = Some(child);
         self.wait_ready()
-    }
-
-    fn storage_url(&self) -> String {
-        match &self.storage {
-            BrokerStorage::Memory => "memory://tansu/".into(),
-            BrokerStorage::S3 { bucket, .. } => format!("s3://{bucket}/"),
-        }
     }
 
     /// Polls until the broker answers a metadata request, failing fast if it exits.
@@ -340,7 +340,7 @@ impl KafkaBroker {
 
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
     }
 }
 

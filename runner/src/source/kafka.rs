@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use rdkafka::{
     ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer},
     error::KafkaError,
 };
 use sluice_crds::{
@@ -53,6 +53,8 @@ const POLL_SLICE: Duration = Duration::from_millis(100);
 /// No record for this long while a range is unfinished and the broker is
 /// unreachable: give up on the epoch (it is re-read from its start).
 const STALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a failed request waits for librdkafka's events that explain it.
+const EVENT_DRAIN: Duration = Duration::from_millis(10);
 /// How long `plan` waits before re-checking a topic that had no new records.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
@@ -217,10 +219,11 @@ pub struct KafkaTopics {
 }
 
 /// Broker errors seen by librdkafka's background threads, kept for status
-/// and to tell a slow topic from an unreachable broker.
-#[derive(Default)]
+/// and to tell a slow topic from an unreachable broker. Clones share the
+/// record, so the consumer and the metadata client report into one place.
+#[derive(Clone, Default)]
 pub struct KafkaContext {
-    last_error: Mutex<Option<(Instant, String)>>,
+    last_error: Arc<Mutex<Option<(Instant, String)>>>,
 }
 
 impl KafkaContext {
@@ -247,8 +250,18 @@ impl ClientContext for KafkaContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, "kafka client error: {reason}");
+        let summary = matches!(
+            error,
+            KafkaError::Global(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+        );
+        let now = Instant::now();
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some((Instant::now(), format!("{error}: {reason}")));
+            match last.as_mut() {
+                // "All brokers down" follows the error that explains it
+                // (refused connection, failed login): keep that one.
+                Some((at, _)) if summary && now.duration_since(*at) < REQUEST_TIMEOUT => *at = now,
+                _ => *last = Some((now, format!("{error}: {reason}"))),
+            }
         }
     }
 }
@@ -299,6 +312,10 @@ impl ReadRange {
 /// Consumes Kafka topics epoch by epoch. See the module docs.
 pub struct KafkaSource {
     consumer: Arc<StreamConsumer<KafkaContext>>,
+    /// Metadata and offset listing. A client of its own, without a group, so
+    /// that its error events can be served (polled) right after a failed
+    /// request without touching the consumer's record queue.
+    metadata: Arc<BaseConsumer<KafkaContext>>,
     topics: KafkaTopics,
     replica: u32,
     replicas: u32,
@@ -356,12 +373,19 @@ impl KafkaSource {
         for (key, value) in &connection.properties {
             config.set(key, value);
         }
+        let errors = KafkaContext::default();
         let consumer: StreamConsumer<KafkaContext> = config
-            .create_with_context(KafkaContext::default())
+            .create_with_context(errors.clone())
             .map_err(|error| unavailable(format!("creating the consumer: {error}")))?;
+        let mut metadata_config = connection.client_config();
+        metadata_config.set("socket.timeout.ms", "10000");
+        let metadata: BaseConsumer<KafkaContext> = metadata_config
+            .create_with_context(errors)
+            .map_err(|error| unavailable(format!("creating the metadata client: {error}")))?;
         let per_trigger = topics.limits.max_offsets_per_trigger.unwrap_or(i64::MAX);
         Ok(Self {
             consumer: Arc::new(consumer),
+            metadata: Arc::new(metadata),
             max_records_per_epoch: per_trigger.min(context.max_records_per_epoch).max(1),
             topics,
             replica: context.replica,
@@ -379,17 +403,6 @@ impl KafkaSource {
         })
     }
 
-    /// Runs a blocking librdkafka call off the async runtime.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(&StreamConsumer<KafkaContext>) -> Result<T, KafkaError> + Send + 'static,
-    ) -> Result<T, KafkaError> {
-        let consumer = Arc::clone(&self.consumer);
-        tokio::task::spawn_blocking(move || call(&consumer))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
-    }
-
     /// Re-reads partition counts when due; new owned partitions join `owned`.
     async fn refresh_partitions(&mut self, first_plan: bool) -> Result<(), SourceError> {
         if self
@@ -399,23 +412,23 @@ impl KafkaSource {
             return Ok(());
         }
         let topics = self.topics.topics.clone();
-        let counts = self
-            .blocking(move |consumer| {
-                topics
-                    .iter()
-                    .map(|topic| {
-                        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-                        let count = metadata
-                            .topics()
-                            .iter()
-                            .find(|t| t.name() == topic && t.error().is_none())
-                            .map_or(0, |t| t.partitions().len());
-                        Ok((topic.clone(), count))
-                    })
-                    .collect::<Result<Vec<_>, KafkaError>>()
-            })
-            .await
-            .map_err(|error| unavailable(format!("reading topic metadata: {error}")))?;
+        let asked_at = Instant::now();
+        let counts = blocking(&self.metadata, move |client| {
+            topics
+                .iter()
+                .map(|topic| {
+                    let metadata = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+                    let count = metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic && t.error().is_none())
+                        .map_or(0, |t| t.partitions().len());
+                    Ok((topic.clone(), count))
+                })
+                .collect::<Result<Vec<_>, KafkaError>>()
+        })
+        .await
+        .map_err(|error| self.request_failed("reading topic metadata", error, asked_at))?;
         for (topic, count) in counts {
             if count == 0 {
                 return Err(unavailable(format!("topic {topic} does not exist")));
@@ -461,10 +474,12 @@ impl KafkaSource {
             list.add_partition_offset(&id.stream, id.partition, which)
                 .map_err(|error| unavailable(error.to_string()))?;
         }
-        let listed = self
-            .blocking(move |consumer| consumer.offsets_for_times(list, REQUEST_TIMEOUT))
-            .await
-            .map_err(|error| unavailable(format!("listing offsets: {error}")))?;
+        let asked_at = Instant::now();
+        let listed = blocking(&self.metadata, move |client| {
+            client.offsets_for_times(list, REQUEST_TIMEOUT)
+        })
+        .await
+        .map_err(|error| self.request_failed("listing offsets", error, asked_at))?;
         let mut offsets = HashMap::new();
         for element in listed.elements() {
             let id = PartitionId::new(element.topic(), element.partition());
@@ -693,15 +708,32 @@ impl KafkaSource {
             self.pending_commit = None;
             return;
         }
-        match self
-            .blocking(move |consumer| consumer.commit(&list, CommitMode::Sync))
-            .await
+        match blocking(&self.consumer, move |consumer| {
+            consumer.commit(&list, CommitMode::Sync)
+        })
+        .await
         {
             Ok(()) => self.pending_commit = None,
             Err(error) => tracing::warn!(
                 %error,
                 "committing consumer-group offsets failed; retrying at the next epoch (checkpoints are unaffected)"
             ),
+        }
+    }
+
+    /// A failed broker request as a source error, with the cause librdkafka
+    /// reported around it (a refused connection, a failed SASL login): the
+    /// request's own error is often just "broker transport failure".
+    fn request_failed(&self, what: &str, error: KafkaError, asked_at: Instant) -> SourceError {
+        // Serve the metadata client's queued events: that is when librdkafka
+        // hands its errors to the context. Each poll returns at an error
+        // event, or after draining log events for a moment.
+        while self.metadata.poll(EVENT_DRAIN).is_some() {}
+        // The connection may have failed shortly before the request began.
+        let since = asked_at.checked_sub(REQUEST_TIMEOUT).unwrap_or(asked_at);
+        match self.consumer.context().error_since(since) {
+            Some(cause) => unavailable(format!("{what}: {error} ({cause})")),
+            None => unavailable(format!("{what}: {error}")),
         }
     }
 
@@ -931,6 +963,17 @@ impl Source for KafkaSource {
                 .collect(),
         )
     }
+}
+
+/// Runs a blocking librdkafka call on `client` off the async runtime.
+async fn blocking<C: Send + Sync + 'static, T: Send + 'static>(
+    client: &Arc<C>,
+    call: impl FnOnce(&C) -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError> {
+    let client = Arc::clone(client);
+    tokio::task::spawn_blocking(move || call(&client))
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
 }
 
 /// Splits `budget` records over partitions in proportion to their backlogs.

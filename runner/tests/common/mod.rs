@@ -325,19 +325,30 @@ pub fn spawn_runner(manifest: &Path, env: &[(&str, String)]) -> (Child, mpsc::Re
 
 /// Waits for a log line with `message` and an `epoch` of at least `epoch`.
 pub fn wait_for_log(logs: &mpsc::Receiver<String>, message: &str, epoch: u64) -> bool {
+    wait_for_line(logs, message, |json| {
+        json["epoch"].as_u64().is_some_and(|e| e >= epoch)
+    })
+    .is_some()
+}
+
+/// Waits (two minutes at most) for a JSON log line with `message` that
+/// `matches`; returns it.
+pub fn wait_for_line(
+    logs: &mpsc::Receiver<String>,
+    message: &str,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Ok(line) = logs.recv_timeout(left) else {
-            return false;
-        };
+        let line = logs.recv_timeout(left).ok()?;
         let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        if json["message"] == message && json["epoch"].as_u64().is_some_and(|e| e >= epoch) {
-            return true;
+        if json["message"] == message && matches(&json) {
+            return Some(json);
         }
     }
-    false
+    None
 }
 
 /// Runs `sluice-runner run <manifest>` until it logs `message` for epoch

@@ -1,0 +1,80 @@
+//! The tansu test broker itself (`sluice_tests::kafka`): what the Kafka tests
+//! rely on, checked against the real process.
+
+use std::time::Duration;
+
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer},
+};
+use sluice_tests::kafka::KafkaBroker;
+
+const TOPIC: &str = "kept";
+const PER_PARTITION: usize = 20_000;
+
+#[test]
+fn a_killed_broker_comes_back_with_its_records_and_group_offsets() {
+    let mut broker = KafkaBroker::start().unwrap();
+    broker.create_topic(TOPIC, 2).unwrap();
+    let producer = broker.producer().unwrap();
+    for i in 0..PER_PARTITION {
+        for partition in 0..2 {
+            let payload = format!("{partition}:{i}");
+            producer
+                .send(TOPIC, partition, None, payload.as_bytes())
+                .unwrap();
+        }
+    }
+    producer.flush().unwrap();
+    let end = vec![PER_PARTITION as i64; 2];
+    assert_eq!(broker.end_offsets(TOPIC).unwrap(), end);
+    let committer = group_consumer(&broker, "keeper");
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(TOPIC, 0, Offset::Offset(1_234))
+        .unwrap();
+    offsets
+        .add_partition_offset(TOPIC, 1, Offset::Offset(PER_PARTITION as i64))
+        .unwrap();
+    committer.commit(&offsets, CommitMode::Sync).unwrap();
+    drop(committer);
+
+    broker.restart().unwrap();
+
+    assert_eq!(broker.end_offsets(TOPIC).unwrap(), end);
+    assert_eq!(
+        broker.committed_offsets("keeper", TOPIC).unwrap(),
+        vec![Some(1_234), Some(PER_PARTITION as i64)]
+    );
+    // Every record reads back, in order, with its payload.
+    let reader = group_consumer(&broker, "reader");
+    let mut from_start = TopicPartitionList::new();
+    for partition in 0..2 {
+        from_start
+            .add_partition_offset(TOPIC, partition, Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&from_start).unwrap();
+    let mut next = [0usize; 2];
+    while next.iter().sum::<usize>() < 2 * PER_PARTITION {
+        let message = reader
+            .poll(Duration::from_secs(30))
+            .expect("the broker stopped serving records")
+            .unwrap();
+        let partition = message.partition() as usize;
+        assert_eq!(message.offset(), next[partition] as i64);
+        assert_eq!(
+            message.payload(),
+            Some(format!("{partition}:{}", next[partition]).as_bytes())
+        );
+        next[partition] += 1;
+    }
+}
+
+fn group_consumer(broker: &KafkaBroker, group: &str) -> BaseConsumer {
+    broker
+        .client_config()
+        .set("group.id", group)
+        .create()
+        .unwrap()
+}
