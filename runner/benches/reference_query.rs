@@ -4,6 +4,9 @@
 //! current-thread runtime). Run with
 //! `cargo bench -p sluice-runner --bench reference_query`; set
 //! `SLUICE_BENCH_EVENTS` to change the number of events (default 5,000,000).
+//! With `SLUICE_BENCH_DEDUP=1`, every event gets a unique `id` field and the
+//! pipeline a `dedup` transform on it with a 10-minute horizon, so that the
+//! cost of remembering and expiring ids shows.
 
 use std::{io::Write, sync::Arc, time::Instant};
 
@@ -21,9 +24,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let dedup = std::env::var_os("SLUICE_BENCH_DEDUP").is_some();
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("events.jsonl");
-    let bytes = runtime.block_on(write_events(&data, events))?;
+    let bytes = runtime.block_on(write_events(&data, events, dedup))?;
     println!(
         "{events} events, {:.0} bytes per event on average",
         bytes as f64 / events as f64
@@ -36,6 +40,7 @@ metadata: {{name: bench}}
 spec:
   source:
     file: {{path: "{data}", maxLinesPerTrigger: 1000000}}
+  transforms: {transforms}
   window:
     sliding: {{size: 5m, slide: 1m}}
     watermark: 2m
@@ -49,6 +54,11 @@ spec:
   trigger: {{interval: 0s}}
 "#,
         data = data.display(),
+        transforms = if dedup {
+            "[{dedup: {idField: id, horizon: 10m}}]"
+        } else {
+            "[]"
+        },
         table = dir.path().join("table").display(),
         checkpoints = dir.path().join("checkpoints").display(),
     );
@@ -66,17 +76,20 @@ spec:
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(summary.counts.records, events as u64);
     println!(
-        "reference query, file source → Delta: {events} events in {seconds:.2} s = {:.0} events/s on one core ({} window rows, {} late)",
+        "reference query{}, file source → Delta: {events} events in {seconds:.2} s = {:.0} events/s on one core ({} window rows, {} late, {} duplicates)",
+        if dedup { " with dedup" } else { "" },
         events as f64 / seconds,
         summary.counts.windows,
         summary.counts.late,
+        summary.counts.duplicates,
     );
     Ok(())
 }
 
 /// Writes `n` generator events (~100 bytes each, out of order within 90 s,
-/// 0.1% late) as JSON lines; returns the bytes written.
-async fn write_events(path: &std::path::Path, n: i64) -> anyhow::Result<u64> {
+/// 0.1% late) as JSON lines, each with a unique `id` first if `ids`;
+/// returns the bytes written.
+async fn write_events(path: &std::path::Path, n: i64, ids: bool) -> anyhow::Result<u64> {
     let spec: sluice_crds::GeneratorSource = serde_json::from_value(serde_json::json!({
         "eventsPerSecond": 0,
         "totalEvents": n,
@@ -99,11 +112,20 @@ async fn write_events(path: &std::path::Path, n: i64) -> anyhow::Result<u64> {
     source::Source::start_epoch(&mut generator, &ranges).await?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut bytes = 0;
+    let mut line = Vec::new();
     while let Some(chunk) = source::Source::next_chunk(&mut generator).await? {
         for record in chunk.iter() {
-            out.write_all(record.payload)?;
-            out.write_all(b"\n")?;
-            bytes += record.payload.len() as u64 + 1;
+            line.clear();
+            match record.payload.strip_prefix(b"{") {
+                Some(fields) if ids => {
+                    write!(line, "{{\"id\":\"e{}\",", record.offset)?;
+                    line.extend_from_slice(fields);
+                }
+                _ => line.extend_from_slice(record.payload),
+            }
+            line.push(b'\n');
+            out.write_all(&line)?;
+            bytes += line.len() as u64;
         }
     }
     out.flush()?;

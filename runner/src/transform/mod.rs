@@ -28,6 +28,8 @@ pub enum TransformError {
     },
     #[error("spec.transforms[{index}] sets none of filter, compute or dedup")]
     Empty { index: usize },
+    #[error("spec.transforms[{index}]: the field {field} is not decoded")]
+    NotDecoded { index: usize, field: String },
 }
 
 enum Step {
@@ -131,10 +133,9 @@ impl Transforms {
             let (expression, target) = match kind_of(index, transform)? {
                 Kind::Cel { expression, target } => (expression, target),
                 Kind::Dedup(spec) => {
-                    let slot = slot(&spec.id_field).ok_or_else(|| TransformError::Compile {
+                    let slot = slot(&spec.id_field).ok_or_else(|| TransformError::NotDecoded {
                         index,
-                        expression: spec.id_field.clone(),
-                        message: "no slot for the dedup id field".into(),
+                        field: spec.id_field.clone(),
                     })?;
                     steps.push(CompiledStep {
                         step: Step::Dedup {
@@ -337,4 +338,76 @@ fn from_cel(value: Value) -> Result<FieldValue<'static>, String> {
             FieldValue::Json(Cow::Owned(json.to_string()))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transforms(json: serde_json::Value) -> (Transforms, Decoder) {
+        let specs: Vec<Transform> = serde_json::from_value(json).unwrap();
+        let format = serde_json::from_value(serde_json::json!({})).unwrap();
+        let decoder = Decoder::new(&format, referenced_fields(&specs).unwrap());
+        let transforms = Transforms::new(&specs, |path| decoder.slot(path)).unwrap();
+        (transforms, decoder)
+    }
+
+    fn apply(t: &mut Transforms, decoder: &Decoder, event: &str) -> Result<Outcome, String> {
+        let mut values = Vec::new();
+        let mut time = decoder.decode(event.as_bytes(), &mut values).unwrap();
+        t.apply(event.as_bytes(), &mut values, &mut time, decoder)
+    }
+
+    #[test]
+    fn dedup_sees_only_what_earlier_steps_keep_and_its_memory_survives_a_restore() {
+        let steps = serde_json::json!([
+            {"filter": "event_type != 'heartbeat'"},
+            {"dedup": {"idField": "user.id", "horizon": "10m"}},
+        ]);
+        let (mut t, decoder) = transforms(steps.clone());
+        let event = |id: &str, event_type: &str| {
+            format!(
+                r#"{{"timestamp":"2026-11-24T10:00:00Z","event_type":"{event_type}","user":{{"id":{id}}}}}"#
+            )
+        };
+        assert_eq!(
+            apply(&mut t, &decoder, &event("1", "heartbeat")),
+            Ok(Outcome::Drop)
+        );
+        assert_eq!(
+            apply(&mut t, &decoder, &event("1", "view")),
+            Ok(Outcome::Keep)
+        );
+        assert_eq!(
+            apply(&mut t, &decoder, &event("1", "click")),
+            Ok(Outcome::Duplicate)
+        );
+        assert_eq!(
+            apply(&mut t, &decoder, &event("\"1\"", "view")),
+            Ok(Outcome::Keep)
+        );
+        let no_id = r#"{"timestamp":"2026-11-24T10:00:00Z","event_type":"view"}"#;
+        assert_eq!(
+            apply(&mut t, &decoder, no_id),
+            Err("dedup: the id field user.id is missing".into())
+        );
+
+        let (mut restored, _) = transforms(steps);
+        restored.restore(t.snapshot());
+        assert_eq!(restored.remembered_ids(), 2);
+        assert_eq!(
+            apply(&mut restored, &decoder, &event("1", "view")),
+            Ok(Outcome::Duplicate)
+        );
+        // A checkpoint of another id field is not used.
+        let (mut other, decoder) = transforms(serde_json::json!([
+            {"dedup": {"idField": "event_type", "horizon": "10m"}},
+        ]));
+        other.restore(t.snapshot());
+        assert_eq!(other.remembered_ids(), 0);
+        assert_eq!(
+            apply(&mut other, &decoder, &event("1", "view")),
+            Ok(Outcome::Keep)
+        );
+    }
 }
