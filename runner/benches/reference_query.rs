@@ -7,8 +7,14 @@
 //! With `SLUICE_BENCH_DEDUP=1`, every event gets a unique `id` field and the
 //! pipeline a `dedup` transform on it with a 10-minute horizon, so that the
 //! cost of remembering and expiring ids shows.
+//! With `SLUICE_BENCH_DATA=<file>`, the events are read from that file,
+//! written there first only if it does not exist (so it must hold
+//! `SLUICE_BENCH_EVENTS` events of the same kind), and the Delta table and
+//! checkpoints are left in `<file without extension>.sluice/`, emptied
+//! first: another engine can then run on the same events and its windows be
+//! compared (bench/spark/run.sh).
 
-use std::{io::Write, sync::Arc, time::Instant};
+use std::{io::Write, path::PathBuf, sync::Arc, time::Instant};
 
 use sluice_runner::{
     pipeline::{Pipeline, RunnerIdentity},
@@ -26,8 +32,25 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let dedup = std::env::var_os("SLUICE_BENCH_DEDUP").is_some();
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("events.jsonl");
-    let bytes = runtime.block_on(write_events(&data, events, dedup))?;
+    let (data, out) = match std::env::var_os("SLUICE_BENCH_DATA") {
+        Some(path) => {
+            let data = PathBuf::from(path);
+            let out = data.with_extension("sluice");
+            if out.exists() {
+                std::fs::remove_dir_all(&out)?;
+            }
+            (data, out)
+        }
+        None => (dir.path().join("events.jsonl"), dir.path().to_path_buf()),
+    };
+    if !data.exists() {
+        // Renamed into place once complete, so an interrupted run leaves no
+        // truncated data set to be reused.
+        let partial = data.with_extension("partial");
+        runtime.block_on(write_events(&partial, events, dedup))?;
+        std::fs::rename(&partial, &data)?;
+    }
+    let bytes = std::fs::metadata(&data)?.len();
     println!(
         "{events} events, {:.0} bytes per event on average",
         bytes as f64 / events as f64
@@ -59,8 +82,8 @@ spec:
         } else {
             "[]"
         },
-        table = dir.path().join("table").display(),
-        checkpoints = dir.path().join("checkpoints").display(),
+        table = out.join("table").display(),
+        checkpoints = out.join("checkpoints").display(),
     );
     let spec = sluice_crds::parse_pipeline(&manifest)?.spec;
     let telemetry = Arc::new(Telemetry::new(0, 1)?);
@@ -74,7 +97,12 @@ spec:
     let started = Instant::now();
     let summary = runtime.block_on(pipeline.run(stop))?;
     let seconds = started.elapsed().as_secs_f64();
-    assert_eq!(summary.counts.records, events as u64);
+    anyhow::ensure!(
+        summary.counts.records == events as u64,
+        "read {} events from {}, expected {events}",
+        summary.counts.records,
+        data.display()
+    );
     println!(
         "reference query{}, file source → Delta: {events} events in {seconds:.2} s = {:.0} events/s on one core ({} window rows, {} late, {} duplicates)",
         if dedup { " with dedup" } else { "" },
@@ -87,9 +115,8 @@ spec:
 }
 
 /// Writes `n` generator events (~100 bytes each, out of order within 90 s,
-/// 0.1% late) as JSON lines, each with a unique `id` first if `ids`;
-/// returns the bytes written.
-async fn write_events(path: &std::path::Path, n: i64, ids: bool) -> anyhow::Result<u64> {
+/// 0.1% late) as JSON lines, each with a unique `id` first if `ids`.
+async fn write_events(path: &std::path::Path, n: i64, ids: bool) -> anyhow::Result<()> {
     let spec: sluice_crds::GeneratorSource = serde_json::from_value(serde_json::json!({
         "eventsPerSecond": 0,
         "totalEvents": n,
@@ -111,7 +138,6 @@ async fn write_events(path: &std::path::Path, n: i64, ids: bool) -> anyhow::Resu
     };
     source::Source::start_epoch(&mut generator, &ranges).await?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut bytes = 0;
     let mut line = Vec::new();
     while let Some(chunk) = source::Source::next_chunk(&mut generator).await? {
         for record in chunk.iter() {
@@ -125,9 +151,8 @@ async fn write_events(path: &std::path::Path, n: i64, ids: bool) -> anyhow::Resu
             }
             line.push(b'\n');
             out.write_all(&line)?;
-            bytes += line.len() as u64;
         }
     }
     out.flush()?;
-    Ok(bytes)
+    Ok(())
 }
