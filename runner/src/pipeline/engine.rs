@@ -20,7 +20,7 @@ use crate::{
     dead_letter::{DeadEvent, Reason},
     decode::{Decoder, FieldValue},
     source::{Chunk, PartitionId, PartitionRange},
-    transform::{self, DedupState, Outcome, TransformError, Transforms},
+    transform::{self, Clock, DedupState, Outcome, TransformError, Transforms},
     window::{AggregateKind, GroupKey, WindowKind, WindowRows, WindowState, Windows},
 };
 
@@ -329,7 +329,10 @@ impl Engine {
                 Some(stage.rows.batch(&closed)?)
             }
         };
-        self.transforms.finish_epoch(self.watermark());
+        self.transforms.finish_epoch(match &self.window {
+            Some(stage) => Clock::Watermark(stage.windows.watermark()),
+            None => Clock::NewestEvent,
+        });
         let events = run.events.map(EventRows::finish).transpose()?;
         Ok(EpochOutput {
             windows,

@@ -11,8 +11,9 @@
 //!   the one kept.
 //! - Ids are forgotten only at the end of an epoch, when their latest time is
 //!   before `clock − horizon`. The clock is the pipeline's watermark when it
-//!   has `spec.window`, otherwise the greatest event time this transform has
-//!   seen (there is no allowed lateness without a window).
+//!   has `spec.window` (nothing expires before the first watermark),
+//!   otherwise the greatest event time this transform has seen (there is no
+//!   allowed lateness without a window).
 //! - So a duplicate at time `t` is always dropped when an earlier occurrence
 //!   was seen at a time `≥ t − horizon` and `t` is not behind the clock at the
 //!   end of the previous epoch (with a window: the event is not late). An
@@ -45,6 +46,16 @@ type IdHash = (u64, u64);
 /// Slices of event time per horizon in the expiry index: expiring touches
 /// only ids in slices behind the clock, plus one slice that straddles it.
 const SLICES_PER_HORIZON: i64 = 16;
+
+/// What ids expire against at the end of an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The pipeline's watermark; before the first one, nothing expires.
+    Watermark(Option<i64>),
+    /// A pipeline without a window has no watermark: the greatest event time
+    /// the dedup step has seen.
+    NewestEvent,
+}
 
 /// One dedup transform's memory of ids.
 pub struct Dedup {
@@ -131,11 +142,13 @@ impl Dedup {
         time.div_euclid(self.slice) * self.slice
     }
 
-    /// Ends an epoch: forgets the ids last seen before `clock − horizon`,
-    /// where `clock` is the pipeline's watermark (`None`: no window, so the
-    /// greatest event time seen).
-    pub fn expire(&mut self, watermark: Option<i64>) {
-        let Some(clock) = watermark.or(self.max_time) else {
+    /// Ends an epoch: forgets the ids last seen before `clock − horizon`.
+    pub fn expire(&mut self, clock: Clock) {
+        let clock = match clock {
+            Clock::Watermark(watermark) => watermark,
+            Clock::NewestEvent => self.max_time,
+        };
+        let Some(clock) = clock else {
             return;
         };
         let threshold = clock.saturating_sub(self.horizon);
@@ -251,13 +264,22 @@ mod tests {
         let first = 100 * MINUTE + 123;
         assert_eq!(d.is_duplicate(&id("a"), first), Ok(false));
         // Watermark exactly `horizon` after the id's time: still remembered.
-        d.expire(Some(first + 10 * MINUTE));
+        d.expire(Clock::Watermark(Some(first + 10 * MINUTE)));
         assert_eq!(d.remembered(), 1);
         assert_eq!(d.is_duplicate(&id("a"), first), Ok(true));
         // One millisecond more: forgotten, so the next occurrence is a first one.
-        d.expire(Some(first + 10 * MINUTE + 1));
+        d.expire(Clock::Watermark(Some(first + 10 * MINUTE + 1)));
         assert_eq!(d.remembered(), 0);
         assert_eq!(d.is_duplicate(&id("a"), first + 10 * MINUTE + 1), Ok(false));
+    }
+
+    #[test]
+    fn nothing_expires_before_the_first_watermark() {
+        let mut d = dedup("1m");
+        assert_eq!(d.is_duplicate(&id("a"), 0), Ok(false));
+        assert_eq!(d.is_duplicate(&id("b"), 60 * MINUTE), Ok(false));
+        d.expire(Clock::Watermark(None));
+        assert_eq!(d.remembered(), 2);
     }
 
     #[test]
@@ -265,9 +287,9 @@ mod tests {
         let mut d = dedup("10m");
         assert_eq!(d.is_duplicate(&id("a"), 0), Ok(false));
         assert_eq!(d.is_duplicate(&id("a"), 8 * MINUTE), Ok(true));
-        d.expire(Some(15 * MINUTE));
+        d.expire(Clock::Watermark(Some(15 * MINUTE)));
         assert_eq!(d.is_duplicate(&id("a"), 17 * MINUTE), Ok(true));
-        d.expire(Some(27 * MINUTE + 1));
+        d.expire(Clock::Watermark(Some(27 * MINUTE + 1)));
         assert_eq!(d.remembered(), 0);
     }
 
@@ -276,7 +298,7 @@ mod tests {
         let mut d = dedup("1m");
         assert_eq!(d.is_duplicate(&id("old"), 0), Ok(false));
         assert_eq!(d.is_duplicate(&id("new"), 2 * MINUTE), Ok(false));
-        d.expire(None);
+        d.expire(Clock::NewestEvent);
         assert_eq!(d.remembered(), 1);
         assert_eq!(d.is_duplicate(&id("new"), MINUTE), Ok(true));
         assert_eq!(d.is_duplicate(&id("old"), MINUTE), Ok(false));
@@ -290,7 +312,7 @@ mod tests {
                 let key = format!("{second}-{n}");
                 assert_eq!(d.is_duplicate(&id(&key), second * 1000), Ok(false));
             }
-            d.expire(Some(second * 1000));
+            d.expire(Clock::Watermark(Some(second * 1000)));
             assert!(d.remembered() <= 61 * 10, "{} ids held", d.remembered());
             let listed: usize = d.by_slice.values().map(Vec::len).sum();
             assert!(listed <= 62 * 10, "{listed} ids listed");
@@ -307,7 +329,7 @@ mod tests {
         let mut restored = dedup("10m");
         restored.restore(serde_json::from_str(&state).unwrap());
         for d in [&mut d, &mut restored] {
-            d.expire(Some(13 * MINUTE + 1));
+            d.expire(Clock::Watermark(Some(13 * MINUTE + 1)));
             assert_eq!(d.is_duplicate(&id("a"), 14 * MINUTE), Ok(true));
             assert_eq!(d.is_duplicate(&id("b"), 14 * MINUTE), Ok(false));
         }

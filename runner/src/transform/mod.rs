@@ -11,7 +11,7 @@ use std::{borrow::Cow, sync::Arc};
 use cel::{Context, Program, Value};
 use sluice_crds::{DedupTransform, Transform};
 
-pub use self::dedup::{Dedup, DedupState};
+pub use self::dedup::{Clock, Dedup, DedupState};
 use crate::decode::{Decoder, FieldValue, TIMESTAMP_SLOT};
 
 /// Name of the CEL variable holding the whole event.
@@ -258,10 +258,10 @@ impl Transforms {
     }
 
     /// Ends an epoch: dedup steps forget ids older than their horizon behind
-    /// `watermark` (see [`Dedup::expire`]).
-    pub fn finish_epoch(&mut self, watermark: Option<i64>) {
+    /// `clock` (see [`Dedup::expire`]).
+    pub fn finish_epoch(&mut self, clock: Clock) {
         for dedup in self.dedups_mut() {
-            dedup.expire(watermark);
+            dedup.expire(clock);
         }
     }
 
