@@ -25,7 +25,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::Headers,
 };
-use sluice_crds::secret_env_var;
+use sluice_crds::{SECRETS_DIR_ENV, secret_env_var};
 use sluice_runner::sink::delta::read_table;
 use sluice_tests::kafka::{KafkaBroker, ScramLogin};
 
@@ -169,6 +169,26 @@ fn stop_gracefully(runner: Child, logs: mpsc::Receiver<String>) {
     wait_success(runner, logs);
 }
 
+/// Runs the pipeline until its Delta table holds exactly `expected` (the
+/// batch computation), stops it gracefully, and waits for the consumer
+/// group's offsets to reach the end of the topic.
+async fn run_to_the_end(
+    manifest: &Path,
+    env: &[(&str, String)],
+    table: &str,
+    expected: &Windows,
+    broker: &KafkaBroker,
+) {
+    let (mut runner, logs) = spawn_runner(manifest, env);
+    let actual = wait_for_table(table, expected, &mut runner).await;
+    assert_eq!(
+        &actual, expected,
+        "Delta rows differ from the batch computation"
+    );
+    stop_gracefully(runner, logs);
+    wait_for_committed_end(broker);
+}
+
 /// Polls until the consumer group's committed offsets are the topic's end offsets.
 fn wait_for_committed_end(broker: &KafkaBroker) {
     let end: Vec<Option<i64>> = broker
@@ -199,16 +219,9 @@ async fn reference_query_over_a_partitioned_topic_matches_the_batch_computation(
     let dir = tempfile::tempdir().unwrap();
     let (manifest, table) = manifest(dir.path(), &broker, "", "");
 
-    let (mut runner, logs) = spawn_runner(&manifest, &[]);
     let (expected, late) = expected_windows(&topic.lines);
     assert!(late > 100, "the data set has late events ({late})");
-    let actual = wait_for_table(&table, &expected, &mut runner).await;
-    assert_eq!(
-        actual, expected,
-        "Delta rows differ from the batch computation"
-    );
-    stop_gracefully(runner, logs);
-    wait_for_committed_end(&broker);
+    run_to_the_end(&manifest, &[], &table, &expected, &broker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,11 +277,7 @@ async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
         runner.kill().unwrap();
         runner.wait().unwrap();
     }
-    let (mut runner, logs) = spawn_runner(&manifest, &[]);
-    let actual = wait_for_table(&table, &expected, &mut runner).await;
-    assert_eq!(actual, expected, "Delta rows differ after crashes");
-    stop_gracefully(runner, logs);
-    wait_for_committed_end(&broker);
+    run_to_the_end(&manifest, &[], &table, &expected, &broker).await;
 }
 
 /// The runner's HTTP address, from the log line that announces it.
@@ -446,12 +455,8 @@ async fn scram_credentials_from_a_secret_log_in_to_an_authenticating_broker() {
 
     // The right one: the pipeline reads everything.
     let right = secret(&login.password);
-    let (mut runner, logs) = spawn_runner(&manifest, &env_refs(&right));
     let (expected, _) = expected_windows(&topic.lines);
-    let actual = wait_for_table(&table, &expected, &mut runner).await;
-    assert_eq!(actual, expected, "Delta rows over SASL SCRAM");
-    stop_gracefully(runner, logs);
-    wait_for_committed_end(&broker);
+    run_to_the_end(&manifest, &env_refs(&right), &table, &expected, &broker).await;
 }
 
 fn env_refs(env: &[(String, String)]) -> Vec<(&str, String)> {
@@ -467,4 +472,40 @@ async fn wait_for_status_error(url: &str, runner: &mut Child) -> String {
         status["error"].as_str().map(str::to_owned)
     })
     .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_ca_from_a_mounted_secret_reaches_the_broker() {
+    let broker = KafkaBroker::start_with_tls().unwrap();
+    let topic = Topic::generate(10_000, 17);
+    topic.produce(&broker);
+    // The Secret `kafka-ca` as the controller mounts it.
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(secrets.path().join("kafka-ca")).unwrap();
+    std::fs::write(
+        secrets.path().join("kafka-ca/ca.crt"),
+        broker.ca_pem().unwrap(),
+    )
+    .unwrap();
+    let env = [(SECRETS_DIR_ENV, secrets.path().display().to_string())];
+
+    // Without the CA the broker's certificate is not trusted: the runner
+    // says so and keeps retrying.
+    let untrusting = tempfile::tempdir().unwrap();
+    let (manifest_without_ca, _) = manifest(untrusting.path(), &broker, "      tls: {}\n", "");
+    let (mut runner, logs) = spawn_runner(&manifest_without_ca, &env);
+    let status = format!("{}/status", runner_address(&logs));
+    let error = wait_for_status_error(&status, &mut runner).await;
+    assert!(
+        error.contains("certificate verify failed"),
+        "the error names the untrusted certificate: {error}"
+    );
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let tls = "      tls: {caSecretRef: {name: kafka-ca, key: ca.crt}}\n";
+    let (manifest, table) = manifest(dir.path(), &broker, tls, "");
+    let (expected, _) = expected_windows(&topic.lines);
+    run_to_the_end(&manifest, &env, &table, &expected, &broker).await;
 }

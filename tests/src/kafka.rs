@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::tls::{TestCa, TlsError, TlsFront};
 use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -56,6 +57,8 @@ pub enum BrokerError {
     CreateTopic { topic: String, message: String },
     #[error("creating SASL user {user}: {message}")]
     CreateUser { user: String, message: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A SCRAM-SHA-512 login.
@@ -65,30 +68,78 @@ pub struct ScramLogin {
     pub password: String,
 }
 
+/// TLS in front of the broker: tansu 0.6 accepts `--cert`/`--key` but never
+/// wraps its connections, so a [`TlsFront`] terminates TLS and forwards to it.
+struct BrokerTls {
+    /// Serves as long as the broker lives.
+    _front: TlsFront,
+    ca_pem: String,
+    ca_file: PathBuf,
+}
+
 /// A running tansu broker; killed when dropped.
 pub struct KafkaBroker {
+    /// The port clients connect to (and the broker advertises).
     port: u16,
+    /// The port tansu listens on: `port`, unless a TLS front is in between.
+    listen_port: u16,
     workdir: tempfile::TempDir,
     child: Option<Child>,
     /// Set when the broker requires SASL: the harness's own clients log in so.
     login: Option<ScramLogin>,
+    tls: Option<BrokerTls>,
 }
 
 impl KafkaBroker {
     /// Starts a broker on a free port and waits until it answers.
     pub fn start() -> Result<Self, BrokerError> {
+        let mut broker = Self::unstarted()?;
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// Starts a broker reached over TLS only, with a certificate for
+    /// 127.0.0.1 signed by a CA made for this broker ([`KafkaBroker::ca_pem`]);
+    /// the harness's own clients trust that CA.
+    pub fn start_with_tls() -> Result<Self, BrokerError> {
+        let mut broker = Self::unstarted()?;
+        let ca = TestCa::new()?;
+        let front = TlsFront::start(&ca, broker.listen_port)?;
+        let ca_file = broker.workdir.path().join("ca.crt");
+        std::fs::write(&ca_file, ca.ca_pem()).map_err(|source| BrokerError::Io {
+            action: "writing the CA certificate".into(),
+            source,
+        })?;
+        broker.port = front.port();
+        broker.tls = Some(BrokerTls {
+            _front: front,
+            ca_pem: ca.ca_pem().to_owned(),
+            ca_file,
+        });
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    fn unstarted() -> Result<Self, BrokerError> {
         let workdir = tempfile::tempdir().map_err(|source| BrokerError::Io {
             action: "creating the broker's work folder".into(),
             source,
         })?;
-        let mut broker = Self {
-            port: crate::net::free_port(),
+        let port = crate::net::free_port();
+        Ok(Self {
+            port,
+            listen_port: port,
             workdir,
             child: None,
             login: None,
-        };
-        broker.spawn()?;
-        Ok(broker)
+            tls: None,
+        })
+    }
+
+    /// The CA certificate (PEM) of a broker started with
+    /// [`KafkaBroker::start_with_tls`].
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|tls| tls.ca_pem.as_str())
     }
 
     /// Starts a broker that requires SASL SCRAM-SHA-512 from every client and
@@ -99,7 +150,7 @@ impl KafkaBroker {
         let mut broker = Self::start()?;
         let output = Command::new(tansu_binary()?)
             .args(["user", "create", "--mechanism", "scram512", "--broker"])
-            .arg(format!("tcp://127.0.0.1:{}", broker.port))
+            .arg(format!("tcp://127.0.0.1:{}", broker.listen_port))
             .args([&login.username, &login.password])
             .output()
             .map_err(|source| BrokerError::Io {
@@ -239,9 +290,18 @@ impl KafkaBroker {
             .set("bootstrap.servers", self.bootstrap_servers())
             .set("socket.timeout.ms", "10000")
             .set("log_level", "3");
+        let protocol = match (&self.tls, &self.login) {
+            (None, None) => "plaintext",
+            (Some(_), None) => "ssl",
+            (None, Some(_)) => "sasl_plaintext",
+            (Some(_), Some(_)) => "sasl_ssl",
+        };
+        config.set("security.protocol", protocol);
+        if let Some(tls) = &self.tls {
+            config.set("ssl.ca.location", tls.ca_file.display().to_string());
+        }
         if let Some(login) = &self.login {
             config
-                .set("security.protocol", "sasl_plaintext")
                 .set("sasl.mechanisms", "SCRAM-SHA-512")
                 .set("sasl.username", &login.username)
                 .set("sasl.password", &login.password);
@@ -272,15 +332,16 @@ impl KafkaBroker {
             action: "opening the broker log".into(),
             source,
         })?;
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let listener = format!("tcp://127.0.0.1:{}", self.listen_port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.port);
         let mut command = Command::new(&binary);
         command
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &listener,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             // Relative to the work folder (the broker's current directory).
             .args(["--storage-engine", "sqlite://tansu.db", "--silent"])

@@ -7,3 +7,4 @@ pub mod kafka;
 pub mod moto;
 pub mod net;
 pub mod rest_api;
+pub mod tls;
