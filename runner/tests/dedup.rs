@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::{Array, Int64Array, StringArray};
 use common::*;
@@ -93,13 +93,19 @@ async fn killed_runs_count_each_id_once() {
             .push(serde_yaml::from_str(&raw_sink).unwrap());
     });
 
-    for (message, epoch) in [
-        ("checkpoint written", 2),
-        ("epoch committed", 5),
-        ("epoch planned", 8),
-    ] {
-        kill_runner_at(&manifest, message, epoch);
-    }
+    let checkpointed = kill_runner_at(&manifest, "checkpoint written", 2);
+    // The premise: some ids were first seen up to that checkpoint and come again after it.
+    let boundary = (checkpointed as usize + 1) * LINES_PER_EPOCH;
+    let before: HashSet<usize> = ids[..boundary].iter().copied().collect();
+    let straddling = (boundary..lines.len())
+        .filter(|&i| copy[i] && before.contains(&ids[i]))
+        .count();
+    assert!(
+        straddling > 10,
+        "{straddling} ids straddle epoch {checkpointed}"
+    );
+    kill_runner_at(&manifest, "epoch committed", checkpointed + 3);
+    kill_runner_at(&manifest, "epoch planned", checkpointed + 6);
     let (child, logs) = spawn_runner(&manifest, &[]);
     wait_success(child, logs);
 

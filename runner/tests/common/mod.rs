@@ -352,15 +352,17 @@ pub fn wait_for_line(
 }
 
 /// Runs `sluice-runner run <manifest>` until it logs `message` for epoch
-/// `epoch` or a later one, then kills it with SIGKILL.
-pub fn kill_runner_at(manifest: &Path, message: &str, epoch: u64) {
+/// `epoch` or a later one, then kills it with SIGKILL; returns the epoch of
+/// that log line.
+pub fn kill_runner_at(manifest: &Path, message: &str, epoch: u64) -> u64 {
     let (mut child, logs) = spawn_runner(manifest, &[]);
-    assert!(
-        wait_for_log(&logs, message, epoch),
-        "no {message:?} log for epoch {epoch}"
-    );
+    let line = wait_for_line(&logs, message, |json| {
+        json["epoch"].as_u64().is_some_and(|e| e >= epoch)
+    });
+    let logged = line.and_then(|json| json["epoch"].as_u64());
     child.kill().unwrap();
     child.wait().unwrap();
+    logged.unwrap_or_else(|| panic!("no {message:?} log for epoch {epoch}"))
 }
 
 /// Waits for the runner to exit and asserts that it succeeded.
