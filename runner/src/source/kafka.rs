@@ -53,8 +53,8 @@ const POLL_SLICE: Duration = Duration::from_millis(100);
 /// No record for this long while a range is unfinished and the broker is
 /// unreachable: give up on the epoch (it is re-read from its start).
 const STALL_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a failed request waits for librdkafka's events that explain it.
-const EVENT_DRAIN: Duration = Duration::from_millis(10);
+/// Most queued events of the metadata client served at a time.
+const EVENTS_PER_SERVE: usize = 64;
 /// How long `plan` waits before re-checking a topic that had no new records.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
@@ -377,9 +377,8 @@ impl KafkaSource {
         let consumer: StreamConsumer<KafkaContext> = config
             .create_with_context(errors.clone())
             .map_err(|error| unavailable(format!("creating the consumer: {error}")))?;
-        let mut metadata_config = connection.client_config();
-        metadata_config.set("socket.timeout.ms", "10000");
-        let metadata: BaseConsumer<KafkaContext> = metadata_config
+        let metadata: BaseConsumer<KafkaContext> = connection
+            .client_config()
             .create_with_context(errors)
             .map_err(|error| unavailable(format!("creating the metadata client: {error}")))?;
         let per_trigger = topics.limits.max_offsets_per_trigger.unwrap_or(i64::MAX);
@@ -725,15 +724,22 @@ impl KafkaSource {
     /// reported around it (a refused connection, a failed SASL login): the
     /// request's own error is often just "broker transport failure".
     fn request_failed(&self, what: &str, error: KafkaError, asked_at: Instant) -> SourceError {
-        // Serve the metadata client's queued events: that is when librdkafka
-        // hands its errors to the context. Each poll returns at an error
-        // event, or after draining log events for a moment.
-        while self.metadata.poll(EVENT_DRAIN).is_some() {}
+        self.serve_metadata_events();
         // The connection may have failed shortly before the request began.
         let since = asked_at.checked_sub(REQUEST_TIMEOUT).unwrap_or(asked_at);
         match self.consumer.context().error_since(since) {
             Some(cause) => unavailable(format!("{what}: {error} ({cause})")),
             None => unavailable(format!("{what}: {error}")),
+        }
+    }
+
+    /// Serves the metadata client's queued events: only then do its logs and
+    /// errors reach the context, and served they do not pile up.
+    fn serve_metadata_events(&self) {
+        // `poll` answers `None` both for an empty queue and for a served log
+        // event, so a fixed number of polls; each returns at once.
+        for _ in 0..EVENTS_PER_SERVE {
+            let _ = self.metadata.poll(Duration::ZERO);
         }
     }
 
@@ -753,6 +759,7 @@ impl Source for KafkaSource {
     }
 
     async fn plan(&mut self, committed: &Positions) -> Result<Planned, SourceError> {
+        self.serve_metadata_events();
         self.commit_pending().await;
         let first_plan = self.metadata_read_at.is_none();
         self.refresh_partitions(first_plan).await?;
@@ -1015,6 +1022,31 @@ mod tests {
     use sluice_crds::{CredentialsRef, KafkaSasl, KafkaTls, SecretKeyRef};
 
     use super::*;
+
+    #[test]
+    fn all_brokers_down_keeps_the_error_that_explains_it() {
+        use rdkafka::types::RDKafkaErrorCode;
+        let context = KafkaContext::default();
+        let before = Instant::now();
+        let shared = context.clone();
+        shared.error(
+            KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "SASL authentication error",
+        );
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        let reported = context.error_since(before).unwrap();
+        assert!(reported.contains("SASL authentication error"), "{reported}");
+        // A later, different error replaces it.
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "Connection refused",
+        );
+        let reported = shared.error_since(before).unwrap();
+        assert!(reported.contains("Connection refused"), "{reported}");
+    }
 
     #[test]
     fn budget_is_shared_in_proportion_to_backlog() {
