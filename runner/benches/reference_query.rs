@@ -22,6 +22,9 @@ use sluice_runner::{
     telemetry::Telemetry,
 };
 
+/// Lines one epoch reads (the file source's `maxLinesPerTrigger`).
+const LINES_PER_EPOCH: u32 = 1_000_000;
+
 fn main() -> anyhow::Result<()> {
     let events: i64 = std::env::var("SLUICE_BENCH_EVENTS")
         .ok()
@@ -62,7 +65,7 @@ kind: StreamPipeline
 metadata: {{name: bench}}
 spec:
   source:
-    file: {{path: "{data}", maxLinesPerTrigger: 1000000}}
+    file: {{path: "{data}", maxLinesPerTrigger: {LINES_PER_EPOCH}}}
   transforms: {transforms}
   window:
     sliding: {{size: 5m, slide: 1m}}
@@ -92,7 +95,7 @@ spec:
         replica: 0,
         replicas: 1,
     };
-    let pipeline = Pipeline::from_spec(&spec, identity, telemetry)?;
+    let pipeline = Pipeline::from_spec(&spec, identity, Arc::clone(&telemetry))?;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let summary = runtime.block_on(pipeline.run(stop))?;
@@ -111,7 +114,21 @@ spec:
         summary.counts.late,
         summary.counts.duplicates,
     );
+    println!(
+        "state at the end: {} open (pane, key) entries, {} dedup ids; peak resident memory {} MiB (an epoch's {LINES_PER_EPOCH} input lines are held while it runs)",
+        telemetry.open_window_entries.get(),
+        telemetry.dedup_remembered_ids.get(),
+        peak_resident_mib().map_or_else(|| "unknown".to_owned(), |mib| mib.to_string()),
+    );
     Ok(())
+}
+
+/// The process's peak resident set (`VmHWM`), on Linux.
+fn peak_resident_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// Writes `n` generator events (~100 bytes each, out of order within 90 s,
