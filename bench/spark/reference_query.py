@@ -107,12 +107,19 @@ def run(args):
     seconds = time.perf_counter() - started
     cpu = jvm_cpu_seconds(spark) - cpu_before
     progress = query.recentProgress
-    rows_in = sum(p["numInputRows"] for p in progress)
-    dropped = sum(
-        op.get("numRowsDroppedByWatermark", 0)
+    batches = [
+        {
+            "events": p["numInputRows"],
+            "ms": p["durationMs"]["triggerExecution"],
+            "watermark": p.get("eventTime", {}).get("watermark"),
+            "dropped": sum(
+                op.get("numRowsDroppedByWatermark", 0)
+                for op in p.get("stateOperators", [])
+            ),
+        }
         for p in progress
-        for op in p.get("stateOperators", [])
-    )
+    ]
+    rows_in = sum(b["events"] for b in batches)
     if rows_in != args.events:
         sys.exit(f"Spark read {rows_in} events, expected {args.events}")
     print(
@@ -128,22 +135,12 @@ def run(args):
                 "jvm_cpu_seconds_total": round(jvm_cpu_seconds(spark), 2),
                 # Without the first batch (JIT and code generation warm-up).
                 "steady_events_per_second": round(
-                    sum(p["numInputRows"] for p in progress[1:])
-                    / sum(p["durationMs"]["triggerExecution"] / 1000 for p in progress[1:])
+                    sum(b["events"] for b in batches[1:])
+                    / sum(b["ms"] / 1000 for b in batches[1:])
                 ),
-                "rows_dropped_by_watermark": dropped,
-                "batches": [
-                    {
-                        "events": p["numInputRows"],
-                        "ms": p["durationMs"]["triggerExecution"],
-                        "watermark": p.get("eventTime", {}).get("watermark"),
-                        "dropped": sum(
-                            op.get("numRowsDroppedByWatermark", 0)
-                            for op in p.get("stateOperators", [])
-                        ),
-                    }
-                    for p in progress
-                ],
+                # (window, event_type) rows after partial aggregation.
+                "rows_dropped_by_watermark": sum(b["dropped"] for b in batches),
+                "batches": batches,
             }
         ),
         flush=True,
