@@ -12,7 +12,7 @@ use arrow::{
     datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
 };
 use serde_json::{Value, json};
-use sluice_crds::{ClickHouseSink as ClickHouseSpec, SinkInput};
+use sluice_crds::ClickHouseSink as ClickHouseSpec;
 use sluice_runner::{
     http::RetryPolicy,
     secrets::Secrets,
@@ -80,7 +80,6 @@ fn sink(server: &ClickHouse, table: &str, batch_rows: i64) -> ClickHouseSink {
     let metrics = SinkMetrics::register(&prometheus::Registry::new()).unwrap();
     ClickHouseSink::new(
         "counts",
-        SinkInput::Windows,
         &spec,
         &Secrets::in_dir("/nonexistent"),
         metrics.meter("counts"),
@@ -246,7 +245,6 @@ async fn event_rows_fit_the_example_layout_and_replays_collapse() {
     let metrics = SinkMetrics::register(&prometheus::Registry::new()).unwrap();
     let mut sink = ClickHouseSink::new(
         "raw",
-        SinkInput::Events,
         &spec,
         &Secrets::in_dir("/nonexistent"),
         metrics.meter("raw"),

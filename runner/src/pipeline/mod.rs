@@ -20,7 +20,7 @@ pub use self::engine::{Engine, EngineError, EpochCounts, EpochOutput, event_sche
 use crate::{
     checkpoint::{Checkpoint, CheckpointError, CheckpointStore, EpochPlan, ObjectStoreCheckpoints},
     dead_letter::{self, DeadEvent, DeadLetter, DeadLetterError, Reason},
-    sink::{self, EpochKey, RefusedRow, Sink, SinkError, WriteOutcome},
+    sink::{self, ConfiguredSink, EpochKey, RefusedRow, SinkError, WriteOutcome},
     source::{
         self, PartitionId, PartitionRange, Planned, Positions, Source, SourceContext, SourceError,
     },
@@ -127,7 +127,7 @@ pub struct RunSummary {
 pub struct Pipeline {
     identity: RunnerIdentity,
     source: Box<dyn Source>,
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<ConfiguredSink>,
     dead_letter: Box<dyn DeadLetter>,
     checkpoints: Arc<dyn CheckpointStore>,
     engine: Engine,
@@ -190,12 +190,12 @@ impl Pipeline {
         spec: &StreamPipelineSpec,
         identity: RunnerIdentity,
         source: Box<dyn Source>,
-        sinks: Vec<Box<dyn Sink>>,
+        sinks: Vec<ConfiguredSink>,
         dead_letter: Box<dyn DeadLetter>,
         checkpoints: Arc<dyn CheckpointStore>,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self, PipelineError> {
-        let wants_events = sinks.iter().any(|s| s.input() == SinkInput::Events);
+        let wants_events = sinks.iter().any(|s| s.input == SinkInput::Events);
         let engine = Engine::new(spec, wants_events)?;
         Ok(Self {
             identity,
@@ -332,10 +332,10 @@ impl Pipeline {
 
     async fn open_sinks(&mut self) -> Result<(), PipelineError> {
         let window_schema = self.engine.window_schema();
-        for sink in &mut self.sinks {
-            let schema = match sink.input() {
+        for ConfiguredSink { name, input, sink } in &mut self.sinks {
+            let schema = match input {
                 SinkInput::Windows => window_schema.clone().ok_or_else(|| SinkError::Failed {
-                    sink: sink.name().to_owned(),
+                    sink: name.clone(),
                     message: "reads windows but the pipeline has no spec.window".into(),
                 })?,
                 SinkInput::Events => event_schema(),
@@ -429,26 +429,24 @@ impl Pipeline {
             epoch: plan.epoch,
             sink: sink.to_owned(),
         };
-        for sink in &mut self.sinks {
-            let rows: Vec<RecordBatch> = match sink.input() {
+        for ConfiguredSink { name, input, sink } in &mut self.sinks {
+            let rows: Vec<RecordBatch> = match input {
                 SinkInput::Windows => output.windows.iter().cloned().collect(),
                 SinkInput::Events => output.events.iter().cloned().collect(),
             };
             if rows.iter().all(|b| b.num_rows() == 0) {
                 continue;
             }
-            let outcome = sink.write_epoch(&key(sink.name()), &rows).await?;
+            let outcome = sink.write_epoch(&key(name), &rows).await?;
             tracing::debug!(
                 epoch = plan.epoch,
-                sink = sink.name(),
+                sink = name.as_str(),
                 ?outcome,
                 "sink written"
             );
             if let WriteOutcome::Written { refused, .. } = outcome {
                 output.counts.refused += refused.len() as u64;
-                output
-                    .dead
-                    .extend(refused_events(sink.name(), &rows, refused)?);
+                output.dead.extend(refused_events(name, &rows, refused)?);
             }
         }
         if !output.dead.is_empty() {

@@ -23,7 +23,7 @@ use arrow::{
     error::ArrowError,
 };
 use async_trait::async_trait;
-use sluice_crds::{ClickHouseSink as ClickHouseSpec, SinkInput};
+use sluice_crds::ClickHouseSink as ClickHouseSpec;
 
 use super::{EpochKey, Sink, SinkError, WriteOutcome, rows_as_json};
 use crate::{
@@ -56,7 +56,6 @@ const DEDUPLICATION_TOKEN_SINCE: (u32, u32) = (22, 2);
 
 pub struct ClickHouseSink {
     name: String,
-    input: SinkInput,
     client: reqwest::Client,
     url: String,
     table: String,
@@ -133,7 +132,6 @@ fn with_unix_seconds(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
 impl ClickHouseSink {
     pub fn new(
         name: &str,
-        input: SinkInput,
         spec: &ClickHouseSpec,
         secrets: &Secrets,
         meter: SinkMeter,
@@ -152,7 +150,6 @@ impl ClickHouseSink {
             .map_err(|e| failed(format!("cannot build an HTTP client: {e}")))?;
         Ok(Self {
             name: name.to_owned(),
-            input,
             client,
             url: spec.url.trim_end_matches('/').to_owned(),
             table: format!(
@@ -223,14 +220,6 @@ impl ClickHouseSink {
 
 #[async_trait]
 impl Sink for ClickHouseSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn input(&self) -> SinkInput {
-        self.input
-    }
-
     /// Learns the server version and checks the table and its columns.
     async fn open(&mut self, schema: SchemaRef) -> Result<(), SinkError> {
         let version = self.query("SELECT version()").await?;

@@ -15,23 +15,21 @@ use deltalake::{
     },
     writer::{DeltaWriter, RecordBatchWriter},
 };
-use sluice_crds::{DeltaSink as DeltaSpec, SinkInput};
+use sluice_crds::DeltaSink as DeltaSpec;
 
 use super::{EpochKey, Sink, SinkError, WriteOutcome};
 
 pub struct DeltaSink {
     name: String,
-    input: SinkInput,
     uri: String,
     partition_by: Vec<String>,
     table: Option<DeltaTable>,
 }
 
 impl DeltaSink {
-    pub fn new(name: &str, input: SinkInput, spec: &DeltaSpec) -> Self {
+    pub fn new(name: &str, spec: &DeltaSpec) -> Self {
         Self {
             name: name.to_owned(),
-            input,
             uri: spec.uri.clone(),
             partition_by: spec.partition_by.clone(),
             table: None,
@@ -67,14 +65,6 @@ pub async fn open_table(
 
 #[async_trait]
 impl Sink for DeltaSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn input(&self) -> SinkInput {
-        self.input
-    }
-
     async fn open(&mut self, schema: SchemaRef) -> Result<(), SinkError> {
         let table = open_table(&self.uri, HashMap::new())
             .await

@@ -336,14 +336,6 @@ fn batches<'d>(documents: &[&'d Document], rows: usize) -> Vec<Vec<&'d Document>
 
 #[async_trait]
 impl Sink for ElasticsearchSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn input(&self) -> SinkInput {
-        self.input
-    }
-
     /// Checks that the cluster answers (and accepts the credentials).
     async fn open(&mut self, _schema: SchemaRef) -> Result<(), SinkError> {
         let response = self

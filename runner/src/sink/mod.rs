@@ -123,12 +123,6 @@ pub enum SinkError {
 /// One output of the pipeline.
 #[async_trait]
 pub trait Sink: Send {
-    /// The sink's name from the spec.
-    fn name(&self) -> &str;
-
-    /// Which rows it wants.
-    fn input(&self) -> SinkInput;
-
     /// Prepares the destination for rows of `schema` (creates a Delta table,
     /// checks that a ClickHouse table answers). Called once before any write.
     async fn open(&mut self, schema: SchemaRef) -> Result<(), SinkError>;
@@ -142,23 +136,32 @@ pub trait Sink: Send {
     ) -> Result<WriteOutcome, SinkError>;
 }
 
-/// Builds the sinks a spec names.
-pub fn from_spec(spec: &SinkSpec, metrics: &SinkMetrics) -> Result<Box<dyn Sink>, SinkError> {
+/// A sink with the name and the rows its spec gives it.
+pub struct ConfiguredSink {
+    pub name: String,
+    pub input: SinkInput,
+    pub sink: Box<dyn Sink>,
+}
+
+/// Builds the sink a spec names.
+pub fn from_spec(spec: &SinkSpec, metrics: &SinkMetrics) -> Result<ConfiguredSink, SinkError> {
+    Ok(ConfiguredSink {
+        name: spec.name.clone(),
+        input: spec.input,
+        sink: build(spec, metrics)?,
+    })
+}
+
+fn build(spec: &SinkSpec, metrics: &SinkMetrics) -> Result<Box<dyn Sink>, SinkError> {
     if let Some(delta) = &spec.delta {
-        return Ok(Box::new(DeltaSink::new(&spec.name, spec.input, delta)));
+        return Ok(Box::new(DeltaSink::new(&spec.name, delta)));
     }
     if spec.stdout.is_some() {
-        return Ok(Box::new(StdoutSink::new(&spec.name, spec.input)));
+        return Ok(Box::new(StdoutSink::new(&spec.name)));
     }
     if let Some(clickhouse) = &spec.clickhouse {
         let meter = metrics.meter(&spec.name);
-        let sink = ClickHouseSink::new(
-            &spec.name,
-            spec.input,
-            clickhouse,
-            &Secrets::from_env(),
-            meter,
-        )?;
+        let sink = ClickHouseSink::new(&spec.name, clickhouse, &Secrets::from_env(), meter)?;
         return Ok(Box::new(sink));
     }
     if let Some(elasticsearch) = &spec.elasticsearch {

@@ -5,21 +5,18 @@ use std::io::Write;
 
 use arrow::{array::RecordBatch, datatypes::SchemaRef};
 use async_trait::async_trait;
-use sluice_crds::SinkInput;
 
 use super::{EpochKey, Sink, SinkError, WriteOutcome, rows_as_json};
 
 pub struct StdoutSink {
     name: String,
-    input: SinkInput,
     last_epoch: Option<u64>,
 }
 
 impl StdoutSink {
-    pub fn new(name: &str, input: SinkInput) -> Self {
+    pub fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
-            input,
             last_epoch: None,
         }
     }
@@ -27,14 +24,6 @@ impl StdoutSink {
 
 #[async_trait]
 impl Sink for StdoutSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn input(&self) -> SinkInput {
-        self.input
-    }
-
     async fn open(&mut self, _schema: SchemaRef) -> Result<(), SinkError> {
         Ok(())
     }
