@@ -233,6 +233,7 @@ fn suspended(pipeline: &StreamPipeline, status: &mut StreamPipelineStatus, now: 
     status.lag = None;
     status.events_per_second = None;
     status.dead_letter_per_second = None;
+    status.duplicates_per_second = None;
     status.alerts = Vec::new();
     let message = "spec.suspend is true: no runners run; checkpoints are kept and resumed from when it is set back to false";
     for (type_, state) in [(READY, false), (PROGRESSING, false), (DEGRADED, false)] {
@@ -261,6 +262,7 @@ fn running(
     status.watermark = runners.watermark.clone().or_else(|| old.watermark.clone());
     status.events_per_second = runners.events_per_second;
     status.dead_letter_per_second = runners.dead_letter_per_second;
+    status.duplicates_per_second = runners.duplicates_per_second;
     status.last_checkpoint = runners
         .last_checkpoint
         .clone()

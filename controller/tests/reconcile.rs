@@ -51,6 +51,7 @@ fn runner(replica: u32, ready: bool, partitions: Vec<PartitionLag>) -> RunnerSta
         watermark: Some(format!("2026-11-24T10:0{replica}:00Z")),
         events_per_second: 1000.0,
         dead_letter_per_second: 0.5,
+        duplicates_per_second: 2.5,
         partitions,
         last_checkpoint: Some(CheckpointStatus {
             epoch: 41 + i64::from(replica),
@@ -585,6 +586,8 @@ async fn runner_status_becomes_pipeline_status_with_lag() {
         "lowest watermark"
     );
     assert_eq!(status.events_per_second, Some(2000.0));
+    assert_eq!(status.dead_letter_per_second, Some(1.0));
+    assert_eq!(status.duplicates_per_second, Some(5.0));
     assert_eq!(
         status.last_checkpoint.as_ref().unwrap().epoch,
         41,

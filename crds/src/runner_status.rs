@@ -29,10 +29,16 @@ pub struct RunnerStatus {
     pub events_per_second: f64,
     /// Events dead-lettered per second, over the last few epochs.
     pub dead_letter_per_second: f64,
+    /// Duplicate events dropped by `dedup` transforms per second, over the last few epochs.
+    #[serde(default)]
+    pub duplicates_per_second: f64,
     /// Events read since the runner started.
     pub events_total: u64,
     /// Events dead-lettered (malformed or late) since the runner started.
     pub dead_letter_total: u64,
+    /// Duplicate events dropped by `dedup` transforms since the runner started.
+    #[serde(default)]
+    pub duplicates_total: u64,
     /// Window rows emitted since the runner started.
     pub windows_emitted_total: u64,
     /// Per-partition lag of the partitions this replica owns (empty for sources without lag).

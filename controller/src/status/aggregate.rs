@@ -18,6 +18,7 @@ pub struct RunnersSummary {
     pub watermark: Option<String>,
     pub events_per_second: Option<f64>,
     pub dead_letter_per_second: Option<f64>,
+    pub duplicates_per_second: Option<f64>,
     /// The oldest of the replicas' newest checkpoints.
     pub last_checkpoint: Option<CheckpointStatus>,
     /// Replicas that did not answer, and why.
@@ -32,7 +33,7 @@ pub fn aggregate(answers: &[Result<RunnerStatus, String>]) -> RunnersSummary {
     let mut partitions: Vec<&PartitionLag> = Vec::new();
     let mut watermark: Option<(Timestamp, &str)> = None;
     let mut checkpoint: Option<(Timestamp, &CheckpointStatus)> = None;
-    let (mut events, mut dead) = (0.0, 0.0);
+    let (mut events, mut dead, mut duplicates) = (0.0, 0.0, 0.0);
     for (replica, answer) in answers.iter().enumerate() {
         let runner = match answer {
             Ok(runner) => runner,
@@ -52,6 +53,7 @@ pub fn aggregate(answers: &[Result<RunnerStatus, String>]) -> RunnersSummary {
         }
         events += runner.events_per_second;
         dead += runner.dead_letter_per_second;
+        duplicates += runner.duplicates_per_second;
         partitions.extend(&runner.partitions);
         if let Some((time, text)) = parsed(runner.watermark.as_deref())
             && watermark.is_none_or(|(lowest, _)| time < lowest)
@@ -68,6 +70,7 @@ pub fn aggregate(answers: &[Result<RunnerStatus, String>]) -> RunnersSummary {
     if summary.reporting > 0 {
         summary.events_per_second = Some(events);
         summary.dead_letter_per_second = Some(dead);
+        summary.duplicates_per_second = Some(duplicates);
     }
     if !partitions.is_empty() {
         partitions.sort_by(|a, b| {

@@ -36,6 +36,9 @@ pub struct StreamPipelineStatus {
     /// Events sent to the dead-letter output per second, summed over replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_per_second: Option<f64>,
+    /// Duplicate events dropped by `dedup` transforms per second, summed over replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicates_per_second: Option<f64>,
     /// The oldest of the replicas' newest completed checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<CheckpointStatus>,

@@ -581,17 +581,18 @@ impl Pipeline {
         total.late += counts.late;
         total.refused += counts.refused;
         total.windows += counts.windows;
-        let rate = counts.records as f64 / took.as_secs_f64().max(1e-9);
-        let dead = counts.dead_lettered();
+        let per_second = |n: u64| n as f64 / took.as_secs_f64().max(1e-9);
         let last_epoch = self.last_epoch;
         let summary = self.summary.counts;
         t.update_status(|s| {
             s.committed_epoch = last_epoch.map(|e| e as i64);
             s.watermark = watermark.map(rfc3339);
-            s.events_per_second = rate;
-            s.dead_letter_per_second = dead as f64 / took.as_secs_f64().max(1e-9);
+            s.events_per_second = per_second(counts.records);
+            s.dead_letter_per_second = per_second(counts.dead_lettered());
+            s.duplicates_per_second = per_second(counts.duplicates);
             s.events_total = summary.records;
             s.dead_letter_total = summary.dead_lettered();
+            s.duplicates_total = summary.duplicates;
             s.windows_emitted_total = summary.windows;
             s.partitions = backlog
                 .unwrap_or_default()
