@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by the REST source and the ClickHouse and
 //! Elasticsearch sinks: a rustls client, which failures are worth retrying,
-//! `Retry-After`, and the backoff schedule between attempts.
+//! `Retry-After`, the backoff schedule between attempts, and one timed,
+//! counted request-answer exchange for the sinks.
 
 use std::time::Duration;
 
@@ -11,10 +12,36 @@ use reqwest::{
 };
 use sluice_crds::CredentialsRef;
 
-use crate::secrets::{SecretError, Secrets};
+use crate::{
+    secrets::{SecretError, Secrets},
+    telemetry::SinkMeter,
+};
 
 /// Most characters of a server's error body quoted in an error message.
 const BODY_EXCERPT_CHARS: usize = 1_000;
+
+/// Sends a sink's request and reads its answer as text, timing it in `meter`.
+/// A transport error or a non-success status (judged by `classify`) is counted
+/// as a failed request; success is left to the caller, who may still refuse
+/// the answer.
+pub async fn exchange(
+    meter: &SinkMeter,
+    request: RequestBuilder,
+    classify: impl FnOnce(StatusCode, &HeaderMap, &str) -> Failure,
+) -> Result<String, Failure> {
+    let timer = meter.request_seconds.start_timer();
+    let transport = |e: reqwest::Error| meter.failure(Failure::from_transport(&e));
+    let response = request.send().await.map_err(transport)?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.map_err(transport)?;
+    timer.observe_duration();
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(meter.failure(classify(status, &headers, &text)))
+    }
+}
 
 /// A client with one per-request timeout.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {

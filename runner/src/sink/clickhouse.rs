@@ -186,22 +186,9 @@ impl ClickHouseSink {
     /// One request (`query` in the URL, `body` posted), retried on transient failures.
     async fn post(&self, params: &[(&str, &str)], body: Vec<u8>) -> Result<String, SinkError> {
         let attempt = || async {
-            let timer = self.meter.request_seconds.start_timer();
             let request = self.client.post(&self.url).query(params).body(body.clone());
-            let response = Auth::apply(self.auth.as_ref(), request)
-                .send()
-                .await
-                .map_err(|e| self.meter.failure(Failure::from_transport(&e)))?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let text = response
-                .text()
-                .await
-                .map_err(|e| self.meter.failure(Failure::from_transport(&e)))?;
-            timer.observe_duration();
-            if !status.is_success() {
-                return Err(self.meter.failure(classify(status, &headers, &text)));
-            }
+            let request = Auth::apply(self.auth.as_ref(), request);
+            let text = http::exchange(&self.meter, request, classify).await?;
             self.meter.requests_ok.inc();
             Ok(text)
         };

@@ -223,26 +223,11 @@ impl ElasticsearchSink {
     /// One `_bulk` request; says which documents were refused, and how.
     async fn send<'d>(&self, batch: &[&'d Document]) -> Result<BulkAnswer<'d>, Failure> {
         let body: Vec<u8> = batch.iter().flat_map(|d| d.lines.iter().copied()).collect();
-        let timer = self.meter.request_seconds.start_timer();
-        let result = self
+        let request = self
             .request(self.client.post(&self.bulk_url))
             .header(CONTENT_TYPE, "application/x-ndjson")
-            .body(body)
-            .send()
-            .await;
-        let response = result.map_err(|e| self.meter.failure(Failure::from_transport(&e)))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| self.meter.failure(Failure::from_transport(&e)))?;
-        timer.observe_duration();
-        if !status.is_success() {
-            return Err(self
-                .meter
-                .failure(Failure::from_status(status, &headers, &text)));
-        }
+            .body(body);
+        let text = http::exchange(&self.meter, request, Failure::from_status).await?;
         let parsed: BulkResponse = serde_json::from_str(&text).map_err(|e| {
             self.meter.failure(Failure::Permanent {
                 message: format!(
@@ -338,18 +323,11 @@ fn batches<'d>(documents: &[&'d Document], rows: usize) -> Vec<Vec<&'d Document>
 impl Sink for ElasticsearchSink {
     /// Checks that the cluster answers (and accepts the credentials).
     async fn open(&mut self, _schema: SchemaRef) -> Result<(), SinkError> {
-        let response = self
-            .request(self.client.get(&self.base_url))
-            .send()
+        let request = self.request(self.client.get(&self.base_url));
+        http::exchange(&self.meter, request, Failure::from_status)
             .await
-            .map_err(|e| self.failed(format!("{} does not answer: {e}", self.base_url)))?;
-        let status = response.status();
-        if !status.is_success() {
-            let headers = response.headers().clone();
-            let body = response.text().await.unwrap_or_default();
-            let failure = Failure::from_status(status, &headers, &body);
-            return Err(self.failed(format!("{}: {}", self.base_url, failure.message())));
-        }
+            .map_err(|failure| self.failed(format!("{}: {}", self.base_url, failure.message())))?;
+        self.meter.requests_ok.inc();
         Ok(())
     }
 
