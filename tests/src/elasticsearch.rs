@@ -24,7 +24,7 @@ use axum::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::net::{ServerGuard, serve};
+use crate::net::StatefulServer;
 
 /// A per-item error answered for one document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,31 +99,24 @@ struct EsState {
 
 /// The running server; stops when dropped.
 pub struct Elasticsearch {
-    url: String,
-    state: Arc<Mutex<EsState>>,
-    _server: ServerGuard,
+    server: StatefulServer<EsState>,
 }
 
 impl Elasticsearch {
     /// Starts an empty server on a free port of 127.0.0.1.
     pub async fn start() -> Self {
-        let state = Arc::new(Mutex::new(EsState::default()));
         let router = Router::new()
             .route("/", get(cluster_info))
             .route("/_bulk", post(bulk_without_index))
-            .route("/{index}/_bulk", post(bulk_with_index))
-            .with_state(Arc::clone(&state));
-        let (url, server) = serve(router).await;
+            .route("/{index}/_bulk", post(bulk_with_index));
         Self {
-            url,
-            state,
-            _server: server,
+            server: StatefulServer::start(EsState::default(), router).await,
         }
     }
 
     /// Base URL, for example `http://127.0.0.1:41234`.
     pub fn url(&self) -> &str {
-        &self.url
+        self.server.url()
     }
 
     /// The next `times` actions on document `id` fail with `failure`
@@ -161,7 +154,7 @@ impl Elasticsearch {
     }
 
     fn lock(&self) -> MutexGuard<'_, EsState> {
-        self.state.lock().expect("Elasticsearch state lock")
+        self.server.lock()
     }
 }
 

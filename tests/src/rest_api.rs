@@ -25,7 +25,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use crate::net::{ServerGuard, serve};
+use crate::net::StatefulServer;
 
 /// Page size when the request does not name one.
 const DEFAULT_LIMIT: usize = 10;
@@ -83,9 +83,7 @@ struct ApiState {
 
 /// The running API; stops when dropped.
 pub struct RestApi {
-    url: String,
-    state: Arc<Mutex<ApiState>>,
-    _server: ServerGuard,
+    server: StatefulServer<ApiState>,
 }
 
 enum Plan {
@@ -98,25 +96,21 @@ enum Plan {
 impl RestApi {
     /// Starts the API on a free port of 127.0.0.1 with no events.
     pub async fn start(faults: Faults) -> Self {
-        let state = Arc::new(Mutex::new(ApiState {
+        let state = ApiState {
             faults,
             ..ApiState::default()
-        }));
+        };
         let router = Router::new()
             .route("/cursor", get(cursor_page))
-            .route("/pages", get(numbered_page))
-            .with_state(Arc::clone(&state));
-        let (url, server) = serve(router).await;
+            .route("/pages", get(numbered_page));
         Self {
-            url,
-            state,
-            _server: server,
+            server: StatefulServer::start(state, router).await,
         }
     }
 
     /// Base URL, for example `http://127.0.0.1:41234`.
     pub fn url(&self) -> &str {
-        &self.url
+        self.server.url()
     }
 
     /// Appends events to the feed.
@@ -151,7 +145,7 @@ impl RestApi {
     }
 
     fn lock(&self) -> MutexGuard<'_, ApiState> {
-        self.state.lock().expect("REST API state lock")
+        self.server.lock()
     }
 }
 
