@@ -14,6 +14,9 @@
 //! first: another engine can then run on the same events and its windows be
 //! compared (bench/spark/run.sh).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::{io::Write, path::PathBuf, sync::Arc, time::Instant};
 
 use sluice_runner::{
@@ -59,6 +62,11 @@ fn main() -> anyhow::Result<()> {
         bytes as f64 / events as f64
     );
 
+    let transforms = if dedup {
+        "[{dedup: {idField: id, horizon: 10m}}]"
+    } else {
+        "[]"
+    };
     let manifest = format!(
         r#"apiVersion: sluice.dev/v1alpha1
 kind: StreamPipeline
@@ -67,26 +75,14 @@ spec:
   source:
     file: {{path: "{data}", maxLinesPerTrigger: {LINES_PER_EPOCH}}}
   transforms: {transforms}
-  window:
-    sliding: {{size: 5m, slide: 1m}}
-    watermark: 2m
-    groupBy: [event_type]
-    aggregations:
-      - {{name: event_count, count: {{}}}}
-  sinks:
-    - name: lake
-      delta: {{uri: "{table}"}}
-  checkpoint: {{uri: "{checkpoints}", interval: 10s}}
-  trigger: {{interval: 0s}}
-"#,
+{spec}"#,
         data = data.display(),
-        transforms = if dedup {
-            "[{dedup: {idField: id, horizon: 10m}}]"
-        } else {
-            "[]"
-        },
-        table = out.join("table").display(),
-        checkpoints = out.join("checkpoints").display(),
+        spec = common::reference_query_spec(
+            &out.join("table").display().to_string(),
+            &out.join("checkpoints").display().to_string(),
+            "10s",
+            "0s",
+        ),
     );
     let spec = sluice_crds::parse_pipeline(&manifest)?.spec;
     let telemetry = Arc::new(Telemetry::new(0, 1)?);
