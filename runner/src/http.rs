@@ -1,11 +1,12 @@
 //! HTTP plumbing shared by the REST source and the ClickHouse and
 //! Elasticsearch sinks: a rustls client, which failures are worth retrying,
 //! `Retry-After`, the backoff schedule between attempts, and one timed,
-//! counted request-answer exchange for the sinks.
+//! counted request-answer exchange.
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use bytes::Bytes;
 use reqwest::{
     RequestBuilder, StatusCode,
     header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER},
@@ -14,31 +15,31 @@ use sluice_crds::CredentialsRef;
 
 use crate::{
     secrets::{SecretError, Secrets},
-    telemetry::SinkMeter,
+    telemetry::RequestMeter,
 };
 
 /// Most characters of a server's error body quoted in an error message.
 const BODY_EXCERPT_CHARS: usize = 1_000;
 
-/// Sends a sink's request and reads its answer as text, timing it in `meter`.
-/// A transport error or a non-success status (judged by `classify`) is counted
-/// as a failed request; success is left to the caller, who may still refuse
-/// the answer.
+/// Sends a request and reads its answer, timing it in `meter`. A transport
+/// error or a non-success status (judged by `classify`) is counted as a failed
+/// request; success is left to the caller, who may still refuse the answer.
 pub async fn exchange(
-    meter: &SinkMeter,
+    meter: &RequestMeter,
     request: RequestBuilder,
     classify: impl FnOnce(StatusCode, &HeaderMap, &str) -> Failure,
-) -> Result<String, Failure> {
-    let timer = meter.request_seconds.start_timer();
+) -> Result<Bytes, Failure> {
+    let timer = meter.seconds.start_timer();
     let transport = |e: reqwest::Error| meter.failure(Failure::from_transport(&e));
     let response = request.send().await.map_err(transport)?;
     let status = response.status();
     let headers = response.headers().clone();
-    let text = response.text().await.map_err(transport)?;
+    let body = response.bytes().await.map_err(transport)?;
     timer.observe_duration();
     if status.is_success() {
-        Ok(text)
+        Ok(body)
     } else {
+        let text = String::from_utf8_lossy(&body);
         Err(meter.failure(classify(status, &headers, &text)))
     }
 }

@@ -26,6 +26,8 @@ pub struct Telemetry {
     pub consumer_lag_seconds: prometheus::GaugeVec,
     pub open_window_entries: IntGauge,
     pub sinks: SinkMetrics,
+    /// Requests of sources that poll over HTTP (the REST source).
+    pub source_requests: RequestMeter,
     status: Mutex<RunnerStatus>,
 }
 
@@ -85,6 +87,18 @@ impl Telemetry {
             "Ids held by dedup transforms (seen within their horizon)",
         )?;
         registry.register(Box::new(dedup_remembered_ids.clone()))?;
+        let source_requests = IntCounterVec::new(
+            Opts::new(
+                "source_requests_total",
+                "Source requests (REST API polls) by outcome: ok, transient (retried) or permanent (failed)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(source_requests.clone()))?;
+        let source_request_seconds = histogram(
+            "source_request_duration_seconds",
+            "Time of one source request (a REST API poll)",
+        )?;
         Ok(Self {
             events_processed: counter(
                 "events_processed_total",
@@ -119,6 +133,7 @@ impl Telemetry {
             open_window_entries,
             dead_lettered,
             sinks: SinkMetrics::register(&registry)?,
+            source_requests: RequestMeter::new(&source_requests, &[], source_request_seconds),
             registry,
             status: Mutex::new(RunnerStatus {
                 replica,
@@ -201,7 +216,7 @@ impl SinkMetrics {
             )?,
             item_failures: counter(
                 "sink_item_failures_total",
-                "Documents refused for good (4xx) inside a bulk request; each fails its epoch",
+                "Documents refused for good (4xx) inside a bulk request: events go to the dead-letter output, window rows fail their epoch",
                 &["sink"],
             )?,
             request_seconds,
@@ -212,13 +227,14 @@ impl SinkMetrics {
     pub fn meter(&self, sink: &str) -> SinkMeter {
         SinkMeter {
             rows_written: self.rows_written.with_label_values(&[sink]),
-            requests_ok: self.requests.with_label_values(&[sink, "ok"]),
-            requests_transient: self.requests.with_label_values(&[sink, "transient"]),
-            requests_permanent: self.requests.with_label_values(&[sink, "permanent"]),
+            requests: RequestMeter::new(
+                &self.requests,
+                &[sink],
+                self.request_seconds.with_label_values(&[sink]),
+            ),
             retries: self.retries.with_label_values(&[sink]),
             item_retries: self.item_retries.with_label_values(&[sink]),
             item_failures: self.item_failures.with_label_values(&[sink]),
-            request_seconds: self.request_seconds.with_label_values(&[sink]),
         }
     }
 }
@@ -227,21 +243,41 @@ impl SinkMetrics {
 #[derive(Clone)]
 pub struct SinkMeter {
     pub rows_written: IntCounter,
-    pub requests_ok: IntCounter,
-    pub requests_transient: IntCounter,
-    pub requests_permanent: IntCounter,
+    pub requests: RequestMeter,
     pub retries: IntCounter,
     pub item_retries: IntCounter,
     pub item_failures: IntCounter,
-    pub request_seconds: Histogram,
 }
 
-impl SinkMeter {
+/// Requests to one HTTP peer: counted by outcome, and timed.
+#[derive(Clone)]
+pub struct RequestMeter {
+    pub ok: IntCounter,
+    pub transient: IntCounter,
+    pub permanent: IntCounter,
+    pub seconds: Histogram,
+}
+
+impl RequestMeter {
+    /// The meter whose outcomes are `requests{labels…, outcome}`.
+    fn new(requests: &IntCounterVec, labels: &[&str], seconds: Histogram) -> Self {
+        let outcome = |outcome: &str| {
+            let labels: Vec<&str> = labels.iter().copied().chain([outcome]).collect();
+            requests.with_label_values(&labels)
+        };
+        Self {
+            ok: outcome("ok"),
+            transient: outcome("transient"),
+            permanent: outcome("permanent"),
+            seconds,
+        }
+    }
+
     /// Counts a failed request by kind and hands the failure on.
     pub fn failure(&self, failure: crate::http::Failure) -> crate::http::Failure {
         match &failure {
-            crate::http::Failure::Transient { .. } => self.requests_transient.inc(),
-            crate::http::Failure::Permanent { .. } => self.requests_permanent.inc(),
+            crate::http::Failure::Transient { .. } => self.transient.inc(),
+            crate::http::Failure::Permanent { .. } => self.permanent.inc(),
         }
         failure
     }

@@ -16,6 +16,7 @@ use sluice_crds::RestSource as RestSpec;
 use sluice_runner::{
     secrets::Secrets,
     source::{Planned, Positions, RestSource, Source, SourceContext},
+    telemetry::{RequestMeter, Telemetry},
 };
 use sluice_tests::{
     elasticsearch::Elasticsearch,
@@ -64,6 +65,22 @@ fn context(max_records_per_epoch: i64) -> SourceContext {
         replicas: 1,
         max_records_per_epoch,
     }
+}
+
+/// A meter of its own for each source a test makes.
+fn requests() -> RequestMeter {
+    Telemetry::new(0, 1).expect("telemetry").source_requests
+}
+
+/// A source over `spec` with no mounted secrets and a meter of its own.
+fn source(spec: &RestSpec, max_records_per_epoch: i64) -> RestSource {
+    RestSource::new(
+        spec,
+        &context(max_records_per_epoch),
+        &Secrets::in_dir("/nonexistent"),
+        requests(),
+    )
+    .expect("REST source")
 }
 
 /// One epoch read like the runner reads it: what it read and rejected.
@@ -137,10 +154,12 @@ async fn cursor_pages_are_read_once_through_rate_limits_errors_and_timeouts() {
     })
     .await;
     api.push(events(0..60));
+    let meter = requests();
     let mut source = RestSource::new(
         &cursor_spec(&api),
         &context(25),
         &Secrets::in_dir("/nonexistent"),
+        meter.clone(),
     )
     .unwrap();
     let (mut committed, mut read) = (Positions::new(), Read::default());
@@ -162,6 +181,21 @@ async fn cursor_pages_are_read_once_through_rate_limits_errors_and_timeouts() {
     assert!(count(503) > 0, "transient errors happened");
     assert_eq!(api.retry_after_violations(), 0, "Retry-After was honoured");
     assert!(read.rejected.is_empty());
+    // The source's request metrics account for every request the API saw;
+    // answers slower than the timeout count as transient failures too.
+    let (ok, transient) = (meter.ok.get() as usize, meter.transient.get() as usize);
+    assert_eq!(ok + transient, requests.len(), "every request counted once");
+    assert!(
+        transient > count(429) + count(503),
+        "timeouts are transient"
+    );
+    assert!(ok <= count(200));
+    assert_eq!(meter.permanent.get(), 0);
+    assert_eq!(
+        meter.seconds.get_sample_count(),
+        requests.len() as u64,
+        "every request timed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,8 +209,7 @@ async fn numbered_pages_that_fill_up_later_are_neither_skipped_nor_reread() {
         "timeout": "500ms",
         "maxRequestsPerSecond": 20,
     }));
-    let mut source =
-        RestSource::new(&spec, &context(1000), &Secrets::in_dir("/nonexistent")).unwrap();
+    let mut source = source(&spec, 1000);
     let (mut committed, mut read) = (Positions::new(), Read::default());
     read_until(&mut source, &mut committed, &mut read, 23).await;
     // Page 3 held 3 events; it fills up and page 4 starts.
@@ -198,15 +231,14 @@ async fn a_fresh_source_replays_a_planned_epoch_exactly() {
     let api = RestApi::start(Faults::default()).await;
     api.push(events(0..30));
     let spec = cursor_spec(&api);
-    let mut first = RestSource::new(&spec, &context(12), &Secrets::in_dir("/nonexistent")).unwrap();
+    let mut first = source(&spec, 12);
     let Planned::Ranges(ranges) = first.plan(&Positions::new()).await.unwrap() else {
         panic!("exhausted")
     };
     // The runner crashed after writing the plan; more events arrived meanwhile.
     drop(first);
     api.push(events(30..50));
-    let mut second =
-        RestSource::new(&spec, &context(12), &Secrets::in_dir("/nonexistent")).unwrap();
+    let mut second = source(&spec, 12);
     second.start_epoch(&ranges).await.unwrap();
     let mut read = Read::default();
     while let Some(chunk) = second.next_chunk().await.unwrap() {
@@ -238,12 +270,7 @@ async fn unusable_responses_are_rejected_with_the_reason_and_asked_again() {
         content_type: "application/json",
         body: r#"{"data": {"events": {"oops": 1}}}"#.into(),
     });
-    let mut source = RestSource::new(
-        &cursor_spec(&api),
-        &context(100),
-        &Secrets::in_dir("/nonexistent"),
-    )
-    .unwrap();
+    let mut source = source(&cursor_spec(&api), 100);
     let (mut committed, mut read) = (Positions::new(), Read::default());
     read_until(&mut source, &mut committed, &mut read, 5).await;
     assert_eq!(read.rejected.len(), 2, "{:?}", read.rejected);
@@ -282,8 +309,13 @@ async fn headers_come_from_mounted_secrets_and_client_errors_stop_the_source() {
         {"name": "Authorization", "valueFrom": {"name": "tickets-api", "key": "bearer-header"}},
     ]))
     .unwrap();
-    let mut source =
-        RestSource::new(&spec, &context(100), &Secrets::in_dir(secrets.path())).unwrap();
+    let mut source = RestSource::new(
+        &spec,
+        &context(100),
+        &Secrets::in_dir(secrets.path()),
+        requests(),
+    )
+    .unwrap();
     let (mut committed, mut read) = (Positions::new(), Read::default());
     read_until(&mut source, &mut committed, &mut read, 3).await;
     let request = &api.requests()[0];
@@ -308,7 +340,12 @@ async fn headers_come_from_mounted_secrets_and_client_errors_stop_the_source() {
     );
     assert!(!error.contains("s3cr3t"), "{error}");
 
-    let missing = RestSource::new(&spec, &context(100), &Secrets::in_dir("/nonexistent"));
+    let missing = RestSource::new(
+        &spec,
+        &context(100),
+        &Secrets::in_dir("/nonexistent"),
+        requests(),
+    );
     let error = missing
         .err()
         .expect("a missing secret is an error")

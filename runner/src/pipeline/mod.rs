@@ -159,7 +159,7 @@ impl Pipeline {
             replicas: identity.replicas,
             max_records_per_epoch: DEFAULT_MAX_RECORDS_PER_EPOCH,
         };
-        let source = source::from_spec(&spec.source, &context)?;
+        let source = source::from_spec(&spec.source, &context, &telemetry.source_requests)?;
         let sinks = spec
             .sinks
             .iter()

@@ -188,9 +188,9 @@ impl ClickHouseSink {
         let attempt = || async {
             let request = self.client.post(&self.url).query(params).body(body.clone());
             let request = Auth::apply(self.auth.as_ref(), request);
-            let text = http::exchange(&self.meter, request, classify).await?;
-            self.meter.requests_ok.inc();
-            Ok(text)
+            let body = http::exchange(&self.meter.requests, request, classify).await?;
+            self.meter.requests.ok.inc();
+            Ok(String::from_utf8_lossy(&body).into_owned())
         };
         http::retry(&self.retry, attempt, |failure, delay| {
             self.meter.retries.inc();

@@ -227,17 +227,17 @@ impl ElasticsearchSink {
             .request(self.client.post(&self.bulk_url))
             .header(CONTENT_TYPE, "application/x-ndjson")
             .body(body);
-        let text = http::exchange(&self.meter, request, Failure::from_status).await?;
-        let parsed: BulkResponse = serde_json::from_str(&text).map_err(|e| {
-            self.meter.failure(Failure::Permanent {
+        let body = http::exchange(&self.meter.requests, request, Failure::from_status).await?;
+        let parsed: BulkResponse = serde_json::from_slice(&body).map_err(|e| {
+            self.meter.requests.failure(Failure::Permanent {
                 message: format!(
                     "the _bulk answer is not understood ({e}): {}",
-                    http::excerpt(&text)
+                    http::excerpt(&String::from_utf8_lossy(&body))
                 ),
             })
         })?;
         if parsed.items.len() != batch.len() {
-            return Err(self.meter.failure(Failure::Permanent {
+            return Err(self.meter.requests.failure(Failure::Permanent {
                 message: format!(
                     "the _bulk answer has {} items for {} documents",
                     parsed.items.len(),
@@ -245,7 +245,7 @@ impl ElasticsearchSink {
                 ),
             }));
         }
-        self.meter.requests_ok.inc();
+        self.meter.requests.ok.inc();
         let mut answer = BulkAnswer::default();
         for (document, item) in batch.iter().zip(parsed.items) {
             match item_outcome(&item) {
@@ -324,10 +324,10 @@ impl Sink for ElasticsearchSink {
     /// Checks that the cluster answers (and accepts the credentials).
     async fn open(&mut self, _schema: SchemaRef) -> Result<(), SinkError> {
         let request = self.request(self.client.get(&self.base_url));
-        http::exchange(&self.meter, request, Failure::from_status)
+        http::exchange(&self.meter.requests, request, Failure::from_status)
             .await
             .map_err(|failure| self.failed(format!("{}: {}", self.base_url, failure.message())))?;
-        self.meter.requests_ok.inc();
+        self.meter.requests.ok.inc();
         Ok(())
     }
 

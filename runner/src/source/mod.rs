@@ -26,6 +26,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sluice_crds::SourceSpec;
 
+use crate::telemetry::RequestMeter;
+
 pub use self::{
     eventhub::event_hub_source,
     file::FileSource,
@@ -342,10 +344,12 @@ pub trait Source: Send {
 }
 
 /// Builds the source a spec names. Sources that need credentials get them
-/// from the environment the runner's pod mounts from the referenced Secrets.
+/// from the environment the runner's pod mounts from the referenced Secrets;
+/// sources that poll over HTTP count their requests in `requests`.
 pub fn from_spec(
     spec: &SourceSpec,
     context: &SourceContext,
+    requests: &RequestMeter,
 ) -> Result<Box<dyn Source>, SourceError> {
     if let Some(generator) = &spec.generator {
         return Ok(Box::new(GeneratorSource::new(generator, context)?));
@@ -364,6 +368,7 @@ pub fn from_spec(
             rest,
             context,
             &crate::secrets::Secrets::from_env(),
+            requests.clone(),
         )?));
     }
     Err(SourceError::InvalidSpec {

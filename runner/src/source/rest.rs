@@ -38,6 +38,7 @@ use super::{
 use crate::{
     http::{self, Failure, RetryPolicy},
     secrets::Secrets,
+    telemetry::RequestMeter,
 };
 
 const KIND: &str = "rest";
@@ -150,6 +151,7 @@ pub struct RestSource {
     poll_interval: Duration,
     request_spacing: Option<Duration>,
     max_records: u64,
+    requests: RequestMeter,
     /// When the last request went out, for `maxRequestsPerSecond`.
     last_request: Mutex<Option<Instant>>,
     /// No request before this (poll interval, `Retry-After`, backoff).
@@ -191,10 +193,12 @@ fn type_name(value: &Value) -> &'static str {
 }
 
 impl RestSource {
+    /// `requests` counts and times the API's answers.
     pub fn new(
         spec: &RestSpec,
         context: &SourceContext,
         secrets: &Secrets,
+        requests: RequestMeter,
     ) -> Result<Self, SourceError> {
         let url =
             Url::parse(&spec.url).map_err(|e| invalid("url", format!("{}: {e}", spec.url)))?;
@@ -261,6 +265,7 @@ impl RestSource {
             poll_interval: spec.poll_interval.as_std(),
             request_spacing,
             max_records: u64::try_from(context.max_records_per_epoch.max(1)).unwrap_or(1),
+            requests,
             last_request: Mutex::new(None),
             not_before: None,
             failures: None,
@@ -352,24 +357,9 @@ impl RestSource {
             .last_request
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        let response = request
-            .headers(self.headers.clone())
-            .send()
-            .await
-            .map_err(|e| Failure::from_transport(&e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| Failure::from_transport(&e))?;
-        if !status.is_success() {
-            return Err(Failure::from_status(
-                status,
-                &headers,
-                &String::from_utf8_lossy(&body),
-            ));
-        }
+        let request = request.headers(self.headers.clone());
+        let body = http::exchange(&self.requests, request, Failure::from_status).await?;
+        self.requests.ok.inc();
         Ok(self.parse(&body))
     }
 
