@@ -33,22 +33,71 @@ pub enum TransformError {
 }
 
 enum Step {
-    Filter(Program),
-    Compute { slot: usize, program: Program },
+    Filter(CelStep),
+    Compute { slot: usize, cel: CelStep },
     Dedup { slot: usize, dedup: Dedup },
 }
 
-struct CompiledStep {
-    step: Step,
+/// A compiled CEL expression and what it reads.
+struct CelStep {
+    program: Program,
     /// Slots of the top-level fields the expression reads, with their names.
     variables: Vec<(String, usize)>,
     reads_event: bool,
     expression: String,
 }
 
+impl CelStep {
+    fn compile(
+        index: usize,
+        expression: &str,
+        slot: impl Fn(&str) -> Option<usize>,
+    ) -> Result<Self, TransformError> {
+        let program = compile(index, expression)?;
+        let references = program.references();
+        let reads_event = references.has_variable(EVENT_VARIABLE);
+        let variables = references
+            .variables()
+            .into_iter()
+            .filter(|v| *v != EVENT_VARIABLE)
+            .filter_map(|v| Some((v.to_owned(), slot(v)?)))
+            .collect();
+        Ok(Self {
+            program,
+            variables,
+            reads_event,
+            expression: expression.to_owned(),
+        })
+    }
+
+    /// Runs the expression over one event's fields; `event` is the raw event,
+    /// parsed only when the expression reads `event`.
+    fn evaluate(&self, event: &[u8], fields: &[FieldValue<'_>]) -> Result<Value, String> {
+        let mut context = Context::default();
+        for (name, slot) in &self.variables {
+            if let Some(value) = to_cel(&fields[*slot])? {
+                context.add_variable_from_value(name.as_str(), value);
+            }
+        }
+        if self.reads_event {
+            let whole: serde_json::Value =
+                serde_json::from_slice(event).map_err(|e| format!("invalid JSON: {e}"))?;
+            context
+                .add_variable(EVENT_VARIABLE, whole)
+                .map_err(|e| format!("cannot read the event: {e}"))?;
+        }
+        self.program.execute(&context).map_err(|e| self.failed(&e))
+    }
+
+    /// A dead-letter reason naming the expression.
+    fn failed(&self, error: &dyn std::fmt::Display) -> String {
+        format!("{}: {error}", self.expression)
+    }
+}
+
 /// The transforms of a pipeline, compiled.
 pub struct Transforms {
-    steps: Vec<CompiledStep>,
+    steps: Vec<Step>,
 }
 
 /// What the transforms decided for one event.
@@ -130,51 +179,31 @@ impl Transforms {
     ) -> Result<Self, TransformError> {
         let mut steps = Vec::with_capacity(transforms.len());
         for (index, transform) in transforms.iter().enumerate() {
-            let (expression, target) = match kind_of(index, transform)? {
-                Kind::Cel { expression, target } => (expression, target),
-                Kind::Dedup(spec) => {
-                    let slot = slot(&spec.id_field).ok_or_else(|| TransformError::NotDecoded {
+            let step = match kind_of(index, transform)? {
+                Kind::Dedup(spec) => Step::Dedup {
+                    slot: slot(&spec.id_field).ok_or_else(|| TransformError::NotDecoded {
                         index,
                         field: spec.id_field.clone(),
-                    })?;
-                    steps.push(CompiledStep {
-                        step: Step::Dedup {
-                            slot,
-                            dedup: Dedup::new(spec),
-                        },
-                        variables: Vec::new(),
-                        reads_event: false,
-                        expression: format!("dedup by {}", spec.id_field),
-                    });
-                    continue;
-                }
-            };
-            let program = compile(index, expression)?;
-            let references = program.references();
-            let reads_event = references.has_variable(EVENT_VARIABLE);
-            let variables = references
-                .variables()
-                .into_iter()
-                .filter(|v| *v != EVENT_VARIABLE)
-                .filter_map(|v| Some((v.to_owned(), slot(v)?)))
-                .collect();
-            let step = match target {
-                None => Step::Filter(program),
-                Some(field) => Step::Compute {
+                    })?,
+                    dedup: Dedup::new(spec),
+                },
+                Kind::Cel {
+                    expression,
+                    target: None,
+                } => Step::Filter(CelStep::compile(index, expression, &slot)?),
+                Kind::Cel {
+                    expression,
+                    target: Some(field),
+                } => Step::Compute {
                     slot: slot(field).ok_or_else(|| TransformError::Compile {
                         index,
                         expression: expression.to_owned(),
                         message: format!("no slot for computed field {field}"),
                     })?,
-                    program,
+                    cel: CelStep::compile(index, expression, &slot)?,
                 },
             };
-            steps.push(CompiledStep {
-                step,
-                variables,
-                reads_event,
-                expression: expression.to_owned(),
-            });
+            steps.push(step);
         }
         Ok(Self { steps })
     }
@@ -195,63 +224,43 @@ impl Transforms {
         decoder: &Decoder,
     ) -> Result<Outcome, String> {
         for step in &mut self.steps {
-            let program = match &mut step.step {
+            match step {
                 Step::Dedup { slot, dedup } => {
                     if dedup.is_duplicate(&fields[*slot], *time)? {
                         return Ok(Outcome::Duplicate);
                     }
-                    continue;
                 }
-                Step::Filter(program) | Step::Compute { program, .. } => &*program,
-            };
-            let mut context = Context::default();
-            for (name, slot) in &step.variables {
-                if let Some(value) = to_cel(&fields[*slot])? {
-                    context.add_variable_from_value(name.as_str(), value);
-                }
-            }
-            if step.reads_event {
-                let whole: serde_json::Value =
-                    serde_json::from_slice(event).map_err(|e| format!("invalid JSON: {e}"))?;
-                context
-                    .add_variable(EVENT_VARIABLE, whole)
-                    .map_err(|e| format!("cannot read the event: {e}"))?;
-            }
-            let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", step.expression);
-            let result = program.execute(&context);
-            match &step.step {
-                Step::Compute { slot, .. } => {
-                    let value = result.map_err(|e| failed(&e))?;
-                    fields[*slot] = from_cel(value).map_err(|e| failed(&e))?;
-                    if *slot == TIMESTAMP_SLOT {
-                        *time = decoder.event_time(&fields[TIMESTAMP_SLOT])?;
-                    }
-                }
-                _ => match result {
-                    Ok(Value::Bool(true)) => {}
-                    Ok(Value::Bool(false)) => return Ok(Outcome::Drop),
-                    Ok(other) => {
-                        return Err(failed(&format!(
+                Step::Filter(cel) => match cel.evaluate(event, fields)? {
+                    Value::Bool(true) => {}
+                    Value::Bool(false) => return Ok(Outcome::Drop),
+                    other => {
+                        return Err(cel.failed(&format!(
                             "a filter must be true or false, not {:?}",
                             other.type_of()
                         )));
                     }
-                    Err(e) => return Err(failed(&e)),
                 },
+                Step::Compute { slot, cel } => {
+                    let value = cel.evaluate(event, fields)?;
+                    fields[*slot] = from_cel(value).map_err(|e| cel.failed(&e))?;
+                    if *slot == TIMESTAMP_SLOT {
+                        *time = decoder.event_time(&fields[TIMESTAMP_SLOT])?;
+                    }
+                }
             }
         }
         Ok(Outcome::Keep)
     }
 
     fn dedups(&self) -> impl Iterator<Item = &Dedup> {
-        self.steps.iter().filter_map(|s| match &s.step {
+        self.steps.iter().filter_map(|s| match s {
             Step::Dedup { dedup, .. } => Some(dedup),
             _ => None,
         })
     }
 
     fn dedups_mut(&mut self) -> impl Iterator<Item = &mut Dedup> {
-        self.steps.iter_mut().filter_map(|s| match &mut s.step {
+        self.steps.iter_mut().filter_map(|s| match s {
             Step::Dedup { dedup, .. } => Some(dedup),
             _ => None,
         })
