@@ -59,6 +59,30 @@ impl EpochCounts {
     }
 }
 
+impl std::ops::AddAssign for EpochCounts {
+    fn add_assign(&mut self, other: Self) {
+        // Destructured, so that a new count cannot be left out of the totals.
+        let Self {
+            records,
+            malformed,
+            transform_failed,
+            filtered,
+            duplicates,
+            late,
+            refused,
+            windows,
+        } = other;
+        self.records += records;
+        self.malformed += malformed;
+        self.transform_failed += transform_failed;
+        self.filtered += filtered;
+        self.duplicates += duplicates;
+        self.late += late;
+        self.refused += refused;
+        self.windows += windows;
+    }
+}
+
 /// What one epoch produced.
 pub struct EpochOutput {
     pub windows: Option<RecordBatch>,

@@ -572,15 +572,7 @@ impl Pipeline {
                     .set(b.seconds);
             }
         }
-        let total = &mut self.summary.counts;
-        total.records += counts.records;
-        total.malformed += counts.malformed;
-        total.transform_failed += counts.transform_failed;
-        total.filtered += counts.filtered;
-        total.duplicates += counts.duplicates;
-        total.late += counts.late;
-        total.refused += counts.refused;
-        total.windows += counts.windows;
+        self.summary.counts += counts;
         let per_second = |n: u64| n as f64 / took.as_secs_f64().max(1e-9);
         let last_epoch = self.last_epoch;
         let summary = self.summary.counts;
