@@ -6,7 +6,7 @@
 //! `cargo bench -p sluice-runner --bench kafka_end_to_end` (release build);
 //! `SLUICE_BENCH_EVENTS` sets the number of events (default 1,000,000).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -14,7 +14,7 @@
 //! first: another engine can then run on the same events and its windows be
 //! compared (bench/spark/run.sh).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::{io::Write, path::PathBuf, sync::Arc, time::Instant};

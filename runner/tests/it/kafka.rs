@@ -9,7 +9,6 @@
 //! final watermark (the minimum over partitions) passes every data window
 //! whatever the order in which partitions were read.
 
-mod common;
 
 use std::{
     collections::BTreeMap,
@@ -19,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use rdkafka::{
     Message,
     consumer::{BaseConsumer, Consumer},

@@ -4,9 +4,8 @@
 //! table ends up with exactly the rows of the batch computation: nothing
 //! lost, nothing twice.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use sluice_runner::sink::delta::read_table;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,11 @@
 //! counts equal a batch computation that counts each id once, and the raw
 //! events table holds each id once, as its first occurrence.
 
-mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::{Array, Int64Array, StringArray};
-use common::*;
+use crate::common::*;
 use sluice_runner::sink::delta::read_table;
 
 const COPY_DISTANCE: u64 = 3_000;

@@ -1,7 +1,6 @@
 //! Alert webhooks: fire and clear notices reach a local HTTP receiver that
 //! fails at first, without holding up reconciliation.
 
-mod common;
 
 use std::{
     sync::{Arc, Mutex},
@@ -9,7 +8,7 @@ use std::{
 };
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
-use common::*;
+use crate::common::*;
 use sluice_controller::alerts::webhook::{AlertNotice, AlertState};
 use sluice_crds::{AlertType, AlertWebhook, PartitionLag, RunnerStatus, SecretKeyRef};
 

@@ -5,11 +5,10 @@
 //! after each kill, the runner still resumes exactly: the Delta table ends
 //! up with the batch computation's rows, none twice.
 
-mod common;
 
 use std::{collections::BTreeSet, path::Path};
 
-use common::*;
+use crate::common::*;
 use sluice_runner::sink::delta::read_table;
 
 const RETAIN: usize = 3;

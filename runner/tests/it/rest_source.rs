@@ -4,8 +4,8 @@
 //! epochs, a feed that keeps growing, a replay by a fresh source, and a
 //! restart of the runner binary.
 
-mod common;
 
+use crate::common;
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},

@@ -2,11 +2,10 @@
 //! output and the Delta table on S3, served by a real S3 endpoint
 //! (`moto_server`, started by the test harness).
 
-mod common;
 
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use sluice_runner::sink::delta::read_table_with_options;
 use sluice_tests::moto::MotoS3;
 

@@ -3,7 +3,6 @@
 //! kubeconfig names (a local recording HTTP server here), starts watching
 //! StreamPipelines, and exits cleanly on SIGTERM.
 
-mod common;
 
 use std::{
     process::{Child, Command, Stdio},
@@ -17,7 +16,7 @@ use axum::{
     http::{Method, StatusCode, Uri},
     response::IntoResponse,
 };
-use common::eventually;
+use crate::common::eventually;
 
 /// Answers like an API server with no Lease yet: GET → 404, POST → 201 echoing
 /// the object; everything else 404. Records "METHOD path".

@@ -3,9 +3,8 @@
 //! over a data set with out-of-order, late and malformed events, compared row
 //! by row with a brute-force batch computation.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use sluice_runner::sink::delta::read_table;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

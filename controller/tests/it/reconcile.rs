@@ -1,11 +1,10 @@
 //! Reconcile behaviour against an in-memory Kubernetes API, with runner
 //! `/status` documents served by a local HTTP server.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     core::v1::{ConfigMap, Service, ServiceAccount},

@@ -2,7 +2,6 @@
 //! every request it sends in every scenario is recorded on its way to the
 //! in-memory API, and the recorded set must match the list exactly.
 
-mod common;
 
 use std::{
     collections::BTreeSet,
@@ -10,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 use kube::{Api, Client, api::DeleteParams};
 use sluice_controller::{leader::LeaderElection, permissions::PERMISSIONS, run::run};
 use sluice_crds::StreamPipeline;

@@ -1,0 +1,5 @@
+//! One test binary per crate: each integration test module links the crate and
+//! its dependencies once, instead of once per file.
+
+mod generated_crd;
+mod manifests;
