@@ -14,6 +14,7 @@ pub struct Telemetry {
     pub events_processed: IntCounter,
     pub dead_lettered: IntCounterVec,
     pub late_events: IntCounter,
+    pub late_windows: IntCounter,
     pub filtered_events: IntCounter,
     pub dedup_dropped: IntCounter,
     pub dedup_remembered_ids: IntGauge,
@@ -106,7 +107,11 @@ impl Telemetry {
             )?,
             late_events: counter(
                 "late_events_total",
-                "Events older than the watermark in force",
+                "Late events: every window holding them had closed (ended at or before the watermark in force)",
+            )?,
+            late_windows: counter(
+                "late_window_memberships_total",
+                "Window memberships dropped because the window had closed: all of a late event's windows, and the closed ones of an event counted in its open windows",
             )?,
             filtered_events: counter(
                 "filtered_events_total",

@@ -1,8 +1,8 @@
 //! One test binary per crate: each integration test module links the crate and
 //! its dependencies once, instead of once per file.
 
-mod common;
 mod binary;
+mod common;
 mod permissions;
 mod reconcile;
 mod webhooks;

@@ -2,7 +2,6 @@
 //! every request it sends in every scenario is recorded on its way to the
 //! in-memory API, and the recorded set must match the list exactly.
 
-
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex},

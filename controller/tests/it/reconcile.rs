@@ -1,7 +1,6 @@
 //! Reconcile behaviour against an in-memory Kubernetes API, with runner
 //! `/status` documents served by a local HTTP server.
 
-
 use std::time::Duration;
 
 use crate::common::*;

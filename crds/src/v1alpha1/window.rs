@@ -1,6 +1,7 @@
 //! Event-time windows, the watermark, grouping and aggregations.
 
 use kube::KubeSchema;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Duration;
@@ -11,6 +12,9 @@ use crate::Duration;
 #[x_kube(validation = kube::core::Rule::new(
     "(has(self.tumbling) ? 1 : 0) + (has(self.sliding) ? 1 : 0) + (has(self.session) ? 1 : 0) == 1"
 ).message("exactly one of window.tumbling, window.sliding or window.session must be set"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.session) || !has(self.outputMode) || self.outputMode == 'append'"
+).message("window.outputMode: update works with tumbling and sliding windows; session windows merge, so use append").field_path(".outputMode"))]
 pub struct WindowSpec {
     /// Fixed-size, non-overlapping windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -22,8 +26,21 @@ pub struct WindowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionWindow>,
     /// Allowed out-of-orderness: the watermark trails the newest event time by this much.
-    /// Events older than the watermark are late.
+    /// An event still counts in each of its windows that ends after the watermark; it is
+    /// late (dropped or dead-lettered, see `lateEvents`) only when all of them have closed.
     pub watermark: Duration,
+    /// When window rows are written. `append` (the default): each (window, key) row once,
+    /// when the watermark passes the window's end. `update`: every epoch writes the current
+    /// value of each window its events changed, and sinks keep the latest (Elasticsearch and
+    /// ClickHouse ReplacingMergeTree by row identity, Delta by merging); the last value
+    /// written equals append mode's row. Tumbling and sliding windows only.
+    #[serde(default)]
+    pub output_mode: OutputMode,
+    /// An event whose time is further ahead of the runner's clock (when its epoch was
+    /// planned) than this is malformed and goes to the dead-letter output: one clock
+    /// error must not move the watermark and close every window early.
+    #[serde(default = "default_max_event_time_ahead")]
+    pub max_event_time_ahead: Duration,
     /// A partition with no new events for this long stops holding the watermark back.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
@@ -40,6 +57,21 @@ pub struct WindowSpec {
 
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+fn default_max_event_time_ahead() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// When window rows are written (Spark's output modes of the same names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OutputMode {
+    /// Once per window and key, final, when the watermark passes the window's end.
+    #[default]
+    Append,
+    /// Every epoch, the current value of each window and key that changed.
+    Update,
 }
 
 /// Non-overlapping windows of one size.

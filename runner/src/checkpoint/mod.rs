@@ -32,6 +32,12 @@ pub struct EpochPlan {
     /// Decided at planning time so that a replay computes the same watermark.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub idle: Vec<PartitionId>,
+    /// The runner's clock when the epoch was planned (milliseconds since the
+    /// Unix epoch): event times further ahead than `maxEventTimeAhead` are
+    /// malformed, decided by this clock so that a replay decides the same.
+    /// Absent in plans written before it existed (then no bound applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_at: Option<i64>,
 }
 
 /// The durable state after an epoch.

@@ -117,23 +117,30 @@ impl Decoder {
         self.event_time(&values[TIMESTAMP_SLOT])
     }
 
-    /// Milliseconds since the Unix epoch from a timestamp field's value.
+    /// Milliseconds since the Unix epoch from a timestamp field's value;
+    /// numbers must be within the years -9999 to 9999, as RFC 3339 times are.
     pub fn event_time(&self, value: &FieldValue<'_>) -> Result<i64, String> {
         let field = &self.paths[TIMESTAMP_SLOT];
+        let in_range = |millis: Option<i64>| {
+            millis
+                .filter(|millis| jiff::Timestamp::from_millisecond(*millis).is_ok())
+                .ok_or_else(|| format!("the event-time field {field} is out of range"))
+        };
+        let from_float = |millis: f64| {
+            in_range((millis.is_finite() && millis.abs() < 9e18).then(|| millis.floor() as i64))
+        };
         match (self.timestamp_format, value) {
             (_, FieldValue::Missing) => Err(format!("the event-time field {field} is missing")),
             (TimestampFormat::Rfc3339, FieldValue::Str(text)) => self
                 .rfc3339
                 .millis(text)
                 .map_err(|e| format!("the event-time field {field} is not an RFC 3339 time: {e}")),
-            (TimestampFormat::EpochMillis, FieldValue::Int(millis)) => Ok(*millis),
-            (TimestampFormat::EpochMillis, FieldValue::Float(millis)) => Ok(millis.floor() as i64),
-            (TimestampFormat::EpochSeconds, FieldValue::Int(secs)) => secs
-                .checked_mul(1000)
-                .ok_or_else(|| format!("the event-time field {field} is out of range")),
-            (TimestampFormat::EpochSeconds, FieldValue::Float(secs)) => {
-                Ok((secs * 1000.0).floor() as i64)
+            (TimestampFormat::EpochMillis, FieldValue::Int(millis)) => in_range(Some(*millis)),
+            (TimestampFormat::EpochMillis, FieldValue::Float(millis)) => from_float(*millis),
+            (TimestampFormat::EpochSeconds, FieldValue::Int(secs)) => {
+                in_range(secs.checked_mul(1000))
             }
+            (TimestampFormat::EpochSeconds, FieldValue::Float(secs)) => from_float(secs * 1000.0),
             (format, other) => Err(format!(
                 "the event-time field {field} is {}, not a {format:?} time",
                 other.type_name()
@@ -216,6 +223,16 @@ mod tests {
             decoder("epochSeconds").decode(br#"{"ts":1.5}"#, &mut values),
             Ok(1500)
         );
+        for (format, event) in [
+            ("epochMillis", &br#"{"ts":9223372036854775807}"#[..]),
+            ("epochMillis", br#"{"ts":-9.5e18}"#),
+            ("epochMillis", br#"{"ts":1e300}"#),
+            ("epochSeconds", br#"{"ts":9223372036854775}"#),
+            ("epochSeconds", br#"{"ts":253402300800}"#),
+        ] {
+            let error = decoder(format).decode(event, &mut values).unwrap_err();
+            assert!(error.contains("out of range"), "{format} {error}");
+        }
     }
 
     #[test]

@@ -1,6 +1,14 @@
-//! The per-event work of an epoch: decode, transform, drop late events, feed
-//! the windows; and at the epoch's end, advance the watermark and turn closed
-//! windows into rows. Knows nothing of sources, sinks or storage.
+//! The per-event work of an epoch: decode, note the partition's event-time
+//! progress, transform, drop late events, feed the windows; and at the
+//! epoch's end, advance the watermark and turn windows into rows. Knows
+//! nothing of sources, sinks or storage.
+//!
+//! A partition's event-time progress comes from every record with a valid
+//! time, before transforms (as Flink's per-partition watermarks do): events
+//! a filter drops, or that are late, still move it, so a partition of
+//! heartbeats cannot hold the watermark back. A time further ahead of the
+//! clock than `maxEventTimeAhead` (measured from when the epoch was planned,
+//! so a replay decides the same) is malformed and moves nothing.
 
 use std::sync::Arc;
 
@@ -13,13 +21,13 @@ use arrow::{
     error::ArrowError,
 };
 use jiff::Timestamp;
-use sluice_crds::{LateEventPolicy, StreamPipelineSpec};
+use sluice_crds::{LateEventPolicy, OutputMode, StreamPipelineSpec};
 
 use crate::{
     checkpoint::EpochPlan,
     dead_letter::{DeadEvent, Reason},
     decode::{Decoder, FieldValue},
-    source::{Chunk, PartitionId, PartitionRange},
+    source::{Chunk, PartitionId},
     transform::{self, Clock, DedupState, Outcome, TransformError, Transforms},
     window::{AggregateKind, GroupKey, WindowKind, WindowRows, WindowState, Windows},
 };
@@ -46,6 +54,10 @@ pub struct EpochCounts {
     /// Events dropped by dedup transforms.
     pub duplicates: u64,
     pub late: u64,
+    /// Window memberships dropped because the window had closed: all of a
+    /// late event's windows, and the closed ones of an event still counted
+    /// in others.
+    pub late_windows: u64,
     /// Event rows a sink refused for their content.
     pub refused: u64,
     /// Window rows emitted.
@@ -69,6 +81,7 @@ impl std::ops::AddAssign for EpochCounts {
             filtered,
             duplicates,
             late,
+            late_windows,
             refused,
             windows,
         } = other;
@@ -78,6 +91,7 @@ impl std::ops::AddAssign for EpochCounts {
         self.filtered += filtered;
         self.duplicates += duplicates;
         self.late += late;
+        self.late_windows += late_windows;
         self.refused += refused;
         self.windows += windows;
     }
@@ -85,6 +99,8 @@ impl std::ops::AddAssign for EpochCounts {
 
 /// What one epoch produced.
 pub struct EpochOutput {
+    /// Partitions that read at least one record with a valid event time.
+    pub progressed: Vec<PartitionId>,
     pub windows: Option<RecordBatch>,
     pub events: Option<RecordBatch>,
     pub dead: Vec<DeadEvent>,
@@ -103,7 +119,10 @@ struct WindowStage {
 /// The epoch being processed.
 pub struct EpochRun {
     partitions: Vec<PartitionId>,
+    /// Per range: the largest valid event time read, before transforms.
     max_time: Vec<Option<i64>>,
+    /// Event times after this are malformed (milliseconds since the Unix epoch).
+    time_ceiling: i64,
     dead: Vec<DeadEvent>,
     counts: EpochCounts,
     events: Option<EventRows>,
@@ -117,6 +136,8 @@ pub struct Engine {
     window: Option<WindowStage>,
     late_policy: LateEventPolicy,
     wants_events: bool,
+    /// `spec.window.maxEventTimeAhead` in milliseconds (no bound without a window).
+    max_time_ahead: Option<i64>,
 }
 
 impl Engine {
@@ -166,12 +187,16 @@ impl Engine {
                     .collect();
                 let named: Vec<(String, AggregateKind)> =
                     aggregates.iter().map(|(n, k, _)| (n.clone(), *k)).collect();
+                let windows = Windows::new(
+                    kind,
+                    window.watermark.as_millis_i64(),
+                    named.iter().map(|(_, k)| *k).collect(),
+                );
                 Some(WindowStage {
-                    windows: Windows::new(
-                        kind,
-                        window.watermark.as_millis_i64(),
-                        named.iter().map(|(_, k)| *k).collect(),
-                    ),
+                    windows: match window.output_mode {
+                        OutputMode::Append => windows,
+                        OutputMode::Update => windows.emitting_updates(),
+                    },
                     rows: WindowRows::new(&window.group_by, &named),
                     group_slots,
                     inputs,
@@ -185,6 +210,10 @@ impl Engine {
             window,
             late_policy: spec.late_events,
             wants_events,
+            max_time_ahead: spec
+                .window
+                .as_ref()
+                .map(|w| w.max_event_time_ahead.as_millis_i64()),
         })
     }
 
@@ -227,10 +256,15 @@ impl Engine {
         self.transforms.restore(dedup);
     }
 
-    pub fn begin_epoch(&self, ranges: &[PartitionRange]) -> EpochRun {
+    pub fn begin_epoch(&self, plan: &EpochPlan) -> EpochRun {
+        let ranges = &plan.ranges;
         EpochRun {
             partitions: ranges.iter().map(|r| r.partition.clone()).collect(),
             max_time: vec![None; ranges.len()],
+            time_ceiling: match (plan.planned_at, self.max_time_ahead) {
+                (Some(planned_at), Some(ahead)) => planned_at.saturating_add(ahead),
+                _ => i64::MAX,
+            },
             dead: Vec::new(),
             counts: EpochCounts::default(),
             events: self.wants_events.then(EventRows::default),
@@ -261,6 +295,15 @@ impl Engine {
             run.counts.records += 1;
             let dead = |reason| DeadEvent::new(reason, partition, &record);
             let mut time = match self.decoder.decode(record.payload, &mut values) {
+                Ok(time) if time > run.time_ceiling => {
+                    run.counts.malformed += 1;
+                    run.dead.push(dead(Reason::Malformed(format!(
+                        "the event time {} is after {}: further ahead of the clock (when its epoch was planned) than spec.window.maxEventTimeAhead allows",
+                        rfc3339(time),
+                        rfc3339(run.time_ceiling),
+                    ))));
+                    continue;
+                }
                 Ok(time) => time,
                 Err(reason) => {
                     run.counts.malformed += 1;
@@ -268,6 +311,7 @@ impl Engine {
                     continue;
                 }
             };
+            max_time = Some(max_time.map_or(time, |max| max.max(time)));
             if !self.transforms.is_empty() {
                 match self
                     .transforms
@@ -290,7 +334,9 @@ impl Engine {
                 }
             }
             if let Some(stage) = &mut self.window {
-                if stage.windows.is_late(time) {
+                let lateness = stage.windows.lateness(time);
+                run.counts.late_windows += u64::from(lateness.closed);
+                if lateness.is_late() {
                     run.counts.late += 1;
                     if self.late_policy == LateEventPolicy::DeadLetter {
                         let watermark = stage.windows.watermark().unwrap_or_default();
@@ -327,7 +373,6 @@ impl Engine {
                     GroupKey::encode_value(&values[*slot], &mut key);
                 }
                 stage.windows.add(time, &key, &inputs);
-                max_time = Some(max_time.map_or(time, |max| max.max(time)));
             }
             if let Some(events) = &mut run.events {
                 let event = merge_computed(record.payload, &self.computed, &values);
@@ -344,10 +389,15 @@ impl Engine {
         plan: &EpochPlan,
     ) -> Result<EpochOutput, EngineError> {
         let mut counts = run.counts;
+        let maxima: Vec<_> = run.partitions.into_iter().zip(run.max_time).collect();
+        let progressed = maxima
+            .iter()
+            .filter(|(_, max)| max.is_some())
+            .map(|(partition, _)| partition.clone())
+            .collect();
         let windows = match &mut self.window {
             None => None,
             Some(stage) => {
-                let maxima: Vec<_> = run.partitions.into_iter().zip(run.max_time).collect();
                 let closed = stage.windows.advance(&maxima, &plan.idle);
                 counts.windows = closed.len() as u64;
                 Some(stage.rows.batch(&closed)?)
@@ -359,6 +409,7 @@ impl Engine {
         });
         let events = run.events.map(EventRows::finish).transpose()?;
         Ok(EpochOutput {
+            progressed,
             windows,
             events,
             dead: run.dead,
@@ -488,7 +539,7 @@ pub fn event_schema() -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Position;
+    use crate::source::{PartitionRange, Position};
 
     fn spec(extra: serde_json::Value) -> StreamPipelineSpec {
         let mut spec = serde_json::json!({
@@ -518,8 +569,13 @@ mod tests {
             epoch: 0,
             ranges: vec![range],
             idle: Vec::new(),
+            planned_at: Some(
+                jiff::Timestamp::from_second(1_795_514_400)
+                    .unwrap()
+                    .as_millisecond(),
+            ),
         };
-        let mut run = engine.begin_epoch(&plan.ranges);
+        let mut run = engine.begin_epoch(&plan);
         let mut chunk = Chunk::new(0);
         for (i, event) in events.iter().enumerate() {
             chunk.push(event.as_bytes(), i as i64);
@@ -563,6 +619,44 @@ mod tests {
         assert_eq!(rows[0]["event_type"], "view");
         assert_eq!(rows[0]["n"], 1);
         assert_eq!(rows[0]["total"], 150.0);
+    }
+
+    #[test]
+    fn a_far_future_event_is_malformed_and_leaves_the_watermark_alone() {
+        let mut engine = Engine::new(&spec(serde_json::json!({})), false).unwrap();
+        let output = epoch(
+            &mut engine,
+            &[
+                r#"{"timestamp":"2026-11-24T10:05:00Z","event_type":"view"}"#,
+                r#"{"timestamp":"2099-01-01T00:00:00Z","event_type":"view"}"#,
+            ],
+        );
+        assert_eq!(output.counts.malformed, 1);
+        assert!(
+            matches!(&output.dead[0].reason, Reason::Malformed(r) if r.contains("maxEventTimeAhead")),
+            "{:?}",
+            output.dead[0].reason
+        );
+        assert_eq!(engine.watermark(), Some(1_795_514_700_000), "10:05:00");
+    }
+
+    #[test]
+    fn filtered_events_move_event_time() {
+        let mut engine = Engine::new(
+            &spec(serde_json::json!({"transforms": [{"filter": "event_type != 'heartbeat'"}]})),
+            false,
+        )
+        .unwrap();
+        let output = epoch(
+            &mut engine,
+            &[
+                r#"{"timestamp":"2026-11-24T10:00:30Z","event_type":"view"}"#,
+                r#"{"timestamp":"2026-11-24T10:03:00Z","event_type":"heartbeat"}"#,
+            ],
+        );
+        assert_eq!(output.counts.filtered, 1);
+        assert_eq!(engine.watermark(), Some(1_795_514_580_000), "10:03:00");
+        assert_eq!(output.counts.windows, 1, "the 10:00 window closed");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{
 };
 
 use arrow::array::RecordBatch;
-use sluice_crds::{CheckpointStatus, PartitionLag, SinkInput, StreamPipelineSpec};
+use sluice_crds::{CheckpointStatus, OutputMode, PartitionLag, SinkInput, StreamPipelineSpec};
 use tokio::sync::watch;
 
 pub use self::engine::{Engine, EngineError, EpochCounts, EpochOutput, event_schema, rfc3339};
@@ -142,7 +142,8 @@ pub struct Pipeline {
     last_epoch: Option<u64>,
     last_checkpoint: Option<u64>,
     last_checkpoint_at: Instant,
-    last_active: HashMap<PartitionId, Instant>,
+    /// When each partition last read a record with a valid event time.
+    last_progress: HashMap<PartitionId, Instant>,
     last_idle: Vec<PartitionId>,
     summary: RunSummary,
 }
@@ -160,10 +161,14 @@ impl Pipeline {
             max_records_per_epoch: DEFAULT_MAX_RECORDS_PER_EPOCH,
         };
         let source = source::from_spec(&spec.source, &context, &telemetry.source_requests)?;
+        let window_updates = spec
+            .window
+            .as_ref()
+            .is_some_and(|w| w.output_mode == OutputMode::Update);
         let sinks = spec
             .sinks
             .iter()
-            .map(|sink| sink::from_spec(sink, &telemetry.sinks))
+            .map(|sink| sink::from_spec(sink, window_updates, &telemetry.sinks))
             .collect::<Result<Vec<_>, _>>()?;
         let dead_letter = dead_letter::from_spec(
             spec.dead_letter.as_ref(),
@@ -219,7 +224,7 @@ impl Pipeline {
             last_epoch: None,
             last_checkpoint: None,
             last_checkpoint_at: Instant::now(),
-            last_active: HashMap::new(),
+            last_progress: HashMap::new(),
             last_idle: Vec::new(),
             summary: RunSummary::default(),
         })
@@ -302,6 +307,7 @@ impl Pipeline {
                     epoch,
                     ranges,
                     idle,
+                    planned_at: Some(jiff::Timestamp::now().as_millisecond()),
                 };
                 // Old checkpoints are gone before a new epoch starts, so the
                 // store holds at most `retainEpochs` epochs plus the one in flight.
@@ -388,20 +394,18 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Partitions with no data now and none for longer than the idle timeout.
+    /// Partitions that have read no record with a valid event time for
+    /// longer than the idle timeout: none at all, or only malformed ones.
+    /// (Filtered and late events are progress: their times count.)
     fn idle_partitions(&mut self, ranges: &[PartitionRange]) -> Vec<PartitionId> {
         let now = Instant::now();
         ranges
             .iter()
             .filter(|range| {
                 let last = *self
-                    .last_active
+                    .last_progress
                     .entry(range.partition.clone())
                     .or_insert(now);
-                if !range.is_empty() {
-                    self.last_active.insert(range.partition.clone(), now);
-                    return false;
-                }
                 now.duration_since(last) >= self.idle_timeout
             })
             .map(|range| range.partition.clone())
@@ -418,7 +422,7 @@ impl Pipeline {
     async fn run_epoch(&mut self, plan: &EpochPlan) -> Result<(), PipelineError> {
         let started = Instant::now();
         self.source.start_epoch(&plan.ranges).await?;
-        let mut run = self.engine.begin_epoch(&plan.ranges);
+        let mut run = self.engine.begin_epoch(plan);
         while let Some(chunk) = self.source.next_chunk().await? {
             self.engine.process(&mut run, &chunk);
         }
@@ -460,6 +464,10 @@ impl Pipeline {
         }
         self.last_epoch = Some(plan.epoch);
         self.last_idle.clone_from(&plan.idle);
+        let now = Instant::now();
+        for partition in &output.progressed {
+            self.last_progress.insert(partition.clone(), now);
+        }
         self.record(&output, started.elapsed());
         tracing::info!(
             epoch = plan.epoch,
@@ -537,6 +545,7 @@ impl Pipeline {
         t.epoch_seconds.observe(took.as_secs_f64());
         t.events_processed.inc_by(counts.records);
         t.late_events.inc_by(counts.late);
+        t.late_windows.inc_by(counts.late_windows);
         t.filtered_events.inc_by(counts.filtered);
         t.dedup_dropped.inc_by(counts.duplicates);
         t.dedup_remembered_ids

@@ -2,36 +2,53 @@
 //! transaction action (app id = [`EpochKey::writer_id`], version = epoch), so
 //! before writing, the sink reads the table's transaction version for its app
 //! id and skips any epoch at or below it: a replayed epoch is written once.
+//!
+//! Window rows in update mode are merged by row identity (window bounds and
+//! group values, [`super::row_ids`]): the commit removes each file that holds
+//! an earlier value of an updated row and adds it back without those rows,
+//! beside the new values, so the table holds one row per window and key.
+//! Only files whose `window_end` statistics reach the earliest updated window
+//! are read; windows that closed long ago are never rewritten.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use arrow::{array::RecordBatch, datatypes::SchemaRef};
+use arrow::{
+    array::{BooleanArray, RecordBatch},
+    compute::filter_record_batch,
+    datatypes::SchemaRef,
+};
 use async_trait::async_trait;
 use deltalake::{
     DeltaTable, DeltaTableError,
     kernel::{
-        StructField, StructType, engine::arrow_conversion::TryIntoKernel,
-        transaction::CommitProperties,
+        Action, StructField, StructType,
+        engine::arrow_conversion::TryIntoKernel,
+        transaction::{CommitBuilder, CommitProperties},
     },
+    protocol::{DeltaOperation, OutputMode},
     writer::{DeltaWriter, RecordBatchWriter},
 };
 use sluice_crds::DeltaSink as DeltaSpec;
 
-use super::{EpochKey, Sink, SinkError, WriteOutcome};
+use super::{EpochKey, Sink, SinkError, WriteOutcome, row_ids};
 
 pub struct DeltaSink {
     name: String,
     uri: String,
     partition_by: Vec<String>,
+    /// Rows replace earlier rows of the same identity (window rows in update mode).
+    merge: bool,
     table: Option<DeltaTable>,
 }
 
 impl DeltaSink {
-    pub fn new(name: &str, spec: &DeltaSpec) -> Self {
+    /// `merge`: the rows are window updates, merged by row identity.
+    pub fn new(name: &str, spec: &DeltaSpec, merge: bool) -> Self {
         Self {
             name: name.to_owned(),
             uri: spec.uri.clone(),
             partition_by: spec.partition_by.clone(),
+            merge,
             table: None,
         }
     }
@@ -66,6 +83,12 @@ pub async fn open_table(
 #[async_trait]
 impl Sink for DeltaSink {
     async fn open(&mut self, schema: SchemaRef) -> Result<(), SinkError> {
+        if self.merge && !self.partition_by.is_empty() {
+            return Err(SinkError::Failed {
+                sink: self.name.clone(),
+                message: "window.outputMode: update merges rows into the table, which needs a table without partitionBy".into(),
+            });
+        }
         let table = open_table(&self.uri, HashMap::new())
             .await
             .map_err(|e| self.error(e))?;
@@ -112,21 +135,123 @@ impl Sink for DeltaSink {
                 return Ok(WriteOutcome::AlreadyCommitted);
             }
             let transaction = deltalake::kernel::Transaction::new(&writer_id, version);
-            let mut writer = RecordBatchWriter::for_table(&table)?.with_commit_properties(
-                CommitProperties::default().with_application_transaction(transaction),
-            );
-            let mut count = 0;
-            for batch in rows {
-                count += batch.num_rows();
-                writer.write(batch.clone()).await?;
+            let properties = CommitProperties::default().with_application_transaction(transaction);
+            let count = rows.iter().map(RecordBatch::num_rows).sum();
+            if self.merge {
+                merge_rows(&mut table, rows, properties, &writer_id, version).await?;
+            } else {
+                let mut writer =
+                    RecordBatchWriter::for_table(&table)?.with_commit_properties(properties);
+                for batch in rows {
+                    writer.write(batch.clone()).await?;
+                }
+                writer.flush_and_commit(&mut table).await?;
             }
-            writer.flush_and_commit(&mut table).await?;
             Ok(WriteOutcome::all(count))
         }
         .await;
         self.table = Some(table);
         result.map_err(|e| self.error(e))
     }
+}
+
+/// Commits `rows` in place of the rows of the same identity, in one commit.
+async fn merge_rows(
+    table: &mut DeltaTable,
+    rows: &[RecordBatch],
+    properties: CommitProperties,
+    writer_id: &str,
+    epoch: i64,
+) -> Result<(), DeltaTableError> {
+    let mut updated = HashSet::new();
+    for batch in rows {
+        updated.extend(row_ids(batch)?);
+    }
+    let earliest_end = rows.iter().filter_map(min_window_end).min();
+    let mut writer = RecordBatchWriter::for_table(table)?;
+    let mut actions = Vec::new();
+    let store = table.object_store();
+    // Collected first: the snapshot's iterator is not `Send` across awaits.
+    let candidates: Vec<_> = table
+        .snapshot()?
+        .log_data()
+        .into_iter()
+        .filter(|file| may_hold_window_ending_from(file.stats().as_deref(), earliest_end))
+        .map(|file| (file.object_store_path(), file.remove_action(true)))
+        .collect();
+    for (path, remove) in candidates {
+        let mut replaced = false;
+        let mut kept = Vec::new();
+        for batch in read_file(&store, &path).await? {
+            let keep: BooleanArray = row_ids(&batch)?
+                .iter()
+                .map(|id| Some(!updated.contains(id)))
+                .collect();
+            replaced |= keep.false_count() > 0;
+            kept.push(filter_record_batch(&batch, &keep)?);
+        }
+        if replaced {
+            actions.push(Action::Remove(remove));
+            for batch in kept.into_iter().filter(|b| b.num_rows() > 0) {
+                writer.write(batch).await?;
+            }
+        }
+    }
+    for batch in rows {
+        writer.write(batch.clone()).await?;
+    }
+    actions.extend(writer.flush().await?.into_iter().map(Action::Add));
+    let operation = DeltaOperation::StreamingUpdate {
+        output_mode: OutputMode::Update,
+        query_id: writer_id.to_owned(),
+        epoch_id: epoch,
+    };
+    CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .await?;
+    table.update_incremental(None).await
+}
+
+/// The earliest `window_end` of a batch of window rows, in microseconds.
+fn min_window_end(batch: &RecordBatch) -> Option<i64> {
+    use arrow::array::{AsArray, types::TimestampMicrosecondType};
+
+    let ends = batch
+        .column_by_name("window_end")?
+        .as_primitive_opt::<TimestampMicrosecondType>()?;
+    arrow::compute::min(ends)
+}
+
+/// False only when a file's statistics show that every row's `window_end`
+/// is before `earliest_end` (microseconds); files without statistics may
+/// hold anything. Delta truncates timestamp statistics to milliseconds.
+fn may_hold_window_ending_from(stats: Option<&str>, earliest_end: Option<i64>) -> bool {
+    let max_end = stats
+        .and_then(|stats| serde_json::from_str::<serde_json::Value>(stats).ok())
+        .and_then(|stats| {
+            stats["maxValues"]["window_end"]
+                .as_str()?
+                .parse::<jiff::Timestamp>()
+                .ok()
+        });
+    match (max_end, earliest_end) {
+        (Some(max_end), Some(earliest_end)) => max_end.as_microsecond() + 1000 > earliest_end,
+        _ => true,
+    }
+}
+
+/// The rows of one data file of a table.
+async fn read_file(
+    store: &deltalake::logstore::ObjectStoreRef,
+    path: &deltalake::Path,
+) -> Result<Vec<RecordBatch>, DeltaTableError> {
+    use object_store::ObjectStoreExt;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let bytes = store.get(path).await?.bytes().await?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// All rows of the Delta table at `uri` (current version), file by file.
@@ -140,18 +265,30 @@ pub async fn read_table_with_options(
     uri: &str,
     options: HashMap<String, String>,
 ) -> Result<Vec<RecordBatch>, DeltaTableError> {
-    use object_store::ObjectStoreExt;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    read_snapshot(&open_table(uri, options).await?).await
+}
 
-    let table = open_table(uri, options).await?;
+/// [`read_table`] at an earlier version of the table (time travel).
+pub async fn read_table_version(
+    uri: &str,
+    version: u64,
+) -> Result<Vec<RecordBatch>, DeltaTableError> {
+    let mut table = open_table(uri, HashMap::new()).await?;
+    table.load_version(version).await?;
+    read_snapshot(&table).await
+}
+
+async fn read_snapshot(table: &DeltaTable) -> Result<Vec<RecordBatch>, DeltaTableError> {
     let store = table.object_store();
+    let paths: Vec<_> = table
+        .snapshot()?
+        .log_data()
+        .into_iter()
+        .map(|file| file.object_store_path())
+        .collect();
     let mut batches = Vec::new();
-    for add in table.snapshot()?.log_data() {
-        let bytes = store.get(&add.object_store_path()).await?.bytes().await?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-        for batch in reader {
-            batches.push(batch?);
-        }
+    for path in paths {
+        batches.extend(read_file(&store, &path).await?);
     }
     Ok(batches)
 }

@@ -143,18 +143,31 @@ pub struct ConfiguredSink {
     pub sink: Box<dyn Sink>,
 }
 
-/// Builds the sink a spec names.
-pub fn from_spec(spec: &SinkSpec, metrics: &SinkMetrics) -> Result<ConfiguredSink, SinkError> {
+/// Builds the sink a spec names. `window_updates`: window rows are updates
+/// (`window.outputMode: update`) that replace earlier rows of their identity.
+pub fn from_spec(
+    spec: &SinkSpec,
+    window_updates: bool,
+    metrics: &SinkMetrics,
+) -> Result<ConfiguredSink, SinkError> {
     Ok(ConfiguredSink {
         name: spec.name.clone(),
         input: spec.input,
-        sink: build(spec, metrics)?,
+        sink: build(
+            spec,
+            window_updates && spec.input == SinkInput::Windows,
+            metrics,
+        )?,
     })
 }
 
-fn build(spec: &SinkSpec, metrics: &SinkMetrics) -> Result<Box<dyn Sink>, SinkError> {
+fn build(
+    spec: &SinkSpec,
+    updates: bool,
+    metrics: &SinkMetrics,
+) -> Result<Box<dyn Sink>, SinkError> {
     if let Some(delta) = &spec.delta {
-        return Ok(Box::new(DeltaSink::new(&spec.name, delta)));
+        return Ok(Box::new(DeltaSink::new(&spec.name, delta, updates)));
     }
     if spec.stdout.is_some() {
         return Ok(Box::new(StdoutSink::new(&spec.name)));

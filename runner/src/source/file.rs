@@ -46,13 +46,6 @@ struct Segment {
 
 impl FileSource {
     pub fn new(spec: &FileSpec, context: &SourceContext) -> Result<Self, SourceError> {
-        if context.replicas > 1 {
-            return Err(SourceError::InvalidSpec {
-                source_kind: KIND,
-                field: "spec.parallelism",
-                message: "the file source has one partition; run it with parallelism 1".into(),
-            });
-        }
         let path = PathBuf::from(&spec.path);
         Ok(Self {
             partition: PartitionId::new(spec.path.clone(), 0),

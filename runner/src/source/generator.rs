@@ -60,12 +60,6 @@ impl GeneratorSource {
                 "must be between 0 and 1",
             ));
         }
-        if context.replicas > 1 {
-            return Err(invalid(
-                "spec.parallelism",
-                "the generator has one partition; run it with parallelism 1",
-            ));
-        }
         Ok(Self {
             spec: spec.clone(),
             late_threshold: (late_fraction * u64::MAX as f64) as u64,

@@ -983,25 +983,42 @@ async fn blocking<C: Send + Sync + 'static, T: Send + 'static>(
         .unwrap_or(Err(KafkaError::Canceled))
 }
 
-/// Splits `budget` records over partitions in proportion to their backlogs.
+/// Splits `budget` records over partitions. Every partition with a backlog
+/// gets a fair floor first (an even share of half the budget, at least one
+/// record), so a partition with a small backlog is read every epoch instead
+/// of waiting behind big ones until it is taken for idle; the rest goes in
+/// proportion to what is left of each backlog. With fewer records in the
+/// budget than partitions with data, each still reads one.
 fn share_budget(backlogs: &[i64], budget: i64) -> Vec<i64> {
     let total: i64 = backlogs.iter().sum();
     if total <= budget {
         return backlogs.to_vec();
     }
+    let with_data = backlogs.iter().filter(|backlog| **backlog > 0).count() as i64;
+    let floor = (budget / (2 * with_data.max(1))).max(1);
     let mut takes: Vec<i64> = backlogs
         .iter()
-        .map(|backlog| ((*backlog as i128 * budget as i128) / total as i128) as i64)
+        .map(|backlog| (*backlog).min(floor))
         .collect();
-    let mut left = budget - takes.iter().sum::<i64>();
-    for (take, backlog) in takes.iter_mut().zip(backlogs) {
+    let budget = (budget - takes.iter().sum::<i64>()).max(0);
+    let rest: Vec<i64> = backlogs.iter().zip(&takes).map(|(b, t)| b - t).collect();
+    let rest_total: i64 = rest.iter().sum();
+    let mut shares: Vec<i64> = rest
+        .iter()
+        .map(|left| ((*left as i128 * budget as i128) / rest_total.max(1) as i128) as i64)
+        .collect();
+    let mut left = budget - shares.iter().sum::<i64>();
+    for (share, rest) in shares.iter_mut().zip(&rest) {
         if left == 0 {
             break;
         }
-        if *take < *backlog {
-            *take += 1;
+        if *share < *rest {
+            *share += 1;
             left -= 1;
         }
+    }
+    for (take, share) in takes.iter_mut().zip(shares) {
+        *take += share;
     }
     takes
 }
@@ -1051,10 +1068,21 @@ mod tests {
     #[test]
     fn budget_is_shared_in_proportion_to_backlog() {
         assert_eq!(share_budget(&[10, 0, 5], 100), vec![10, 0, 5]);
-        assert_eq!(share_budget(&[300, 100], 100), vec![75, 25]);
-        let takes = share_budget(&[1, 1, 1], 2);
-        assert_eq!(takes.iter().sum::<i64>(), 2);
-        assert!(takes.iter().all(|take| *take <= 1));
+        // A floor of 25 each, then the other 50 in proportion to 275 and 75.
+        assert_eq!(share_budget(&[300, 100], 100), vec![65, 35]);
+        assert_eq!(share_budget(&[1_000_000, 0], 100), vec![100, 0]);
+    }
+
+    #[test]
+    fn every_partition_with_a_backlog_is_read_every_epoch() {
+        // One huge backlog and a few records elsewhere: proportional shares
+        // would round the small ones down to nothing, epoch after epoch.
+        let backlogs = [10_000_000, 3, 40, 0];
+        let takes = share_budget(&backlogs, 100_000);
+        assert_eq!(&takes[1..], &[3, 40, 0]);
+        assert_eq!(takes.iter().sum::<i64>(), 100_000);
+        // Fewer records in the budget than partitions with data: one each.
+        assert_eq!(share_budget(&[5, 5, 5], 2), vec![1, 1, 1]);
     }
 
     #[test]

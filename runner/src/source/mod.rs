@@ -19,6 +19,7 @@ mod file;
 mod generator;
 mod kafka;
 mod rest;
+mod unassigned;
 
 use std::{collections::BTreeMap, fmt};
 
@@ -345,12 +346,23 @@ pub trait Source: Send {
 
 /// Builds the source a spec names. Sources that need credentials get them
 /// from the environment the runner's pod mounts from the referenced Secrets;
-/// sources that poll over HTTP count their requests in `requests`.
+/// sources that poll over HTTP count their requests in `requests`. Sources
+/// without partitions (generator, file, REST) are read by replica 0 only.
 pub fn from_spec(
     spec: &SourceSpec,
     context: &SourceContext,
     requests: &RequestMeter,
 ) -> Result<Box<dyn Source>, SourceError> {
+    let unpartitioned = [
+        ("generator", spec.generator.is_some()),
+        ("file", spec.file.is_some()),
+        ("rest", spec.rest.is_some()),
+    ];
+    if let Some((kind, _)) = unpartitioned.iter().find(|(_, set)| *set)
+        && context.replica > 0
+    {
+        return Ok(Box::new(unassigned::UnassignedSource::new(kind)));
+    }
     if let Some(generator) = &spec.generator {
         return Ok(Box::new(GeneratorSource::new(generator, context)?));
     }

@@ -7,17 +7,23 @@
 //! open panes × keys (at most the open windows × keys). Session windows keep a
 //! list of open sessions per key.
 //!
-//! An event is *late* when its time is before the watermark in force for its
-//! epoch. At the end of an epoch the watermark becomes the minimum, over the
-//! epoch's non-idle partitions, of each partition's maximum event time minus
-//! the allowed delay (never moving backwards), and every window whose end is
-//! at or before it is emitted, exactly once.
+//! Lateness is per window, as in Spark and Flink: a window is *closed* once
+//! the watermark in force for the epoch is at or past its end. An event
+//! counts in each of its windows that is still open; it is late only when
+//! all of them are closed ([`Windows::lateness`]). Adding it to its pane
+//! reaches exactly its open windows, because closed windows have been
+//! emitted and are never emitted again. At the end of an epoch the watermark
+//! becomes the minimum, over the epoch's non-idle partitions, of each
+//! partition's maximum event time minus the allowed delay (never moving
+//! backwards), and every window whose end is at or before it is closed.
+//! Append mode emits each closed window once; update mode emits, every
+//! epoch, the windows that the epoch's events changed.
 
 mod aggregate;
 mod key;
 mod output;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use sluice_crds::WindowSpec;
@@ -65,12 +71,42 @@ fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// Start of the first window (of `size`, starting every `slide`) that holds `time`.
+fn first_start_after(time: i64, size: i64, slide: i64) -> i64 {
+    (time - size).div_euclid(slide) * slide + slide
+}
+
+/// Start of the last window that ends at or before `watermark`: every window
+/// starting there or earlier is closed.
+fn last_closed_start(watermark: i64, size: i64, slide: i64) -> i64 {
+    (watermark - size).div_euclid(slide) * slide
+}
+
 /// One open session of one key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Session {
     start: i64,
     end: i64,
     accumulators: Box<[Accumulator]>,
+}
+
+/// One emitted window row: start, end (milliseconds), key and aggregates.
+pub type WindowRow = (i64, i64, GroupKey, Box<[Accumulator]>);
+
+/// How many of an event's windows had closed when it arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lateness {
+    /// Windows that hold the event.
+    pub windows: u32,
+    /// Those among them that are closed; the event does not count in them.
+    pub closed: u32,
+}
+
+impl Lateness {
+    /// Every window of the event has closed: the event is late.
+    pub fn is_late(&self) -> bool {
+        self.closed == self.windows
+    }
 }
 
 /// Open windows of one pipeline replica and its watermark.
@@ -82,6 +118,8 @@ pub struct Windows {
     partition_max: BTreeMap<PartitionId, i64>,
     panes: BTreeMap<i64, KeyedAccumulators>,
     sessions: HashMap<GroupKey, Vec<Session>, ahash::RandomState>,
+    /// Update mode: the (pane, key) pairs this epoch changed; `None` in append mode.
+    changed: Option<BTreeSet<(i64, GroupKey)>>,
 }
 
 /// Accumulators per group key, in checkpoints.
@@ -115,7 +153,18 @@ impl Windows {
             partition_max: BTreeMap::new(),
             panes: BTreeMap::new(),
             sessions: HashMap::default(),
+            changed: None,
         }
+    }
+
+    /// Update mode (tumbling and sliding windows): [`Windows::advance`]
+    /// returns the windows each epoch changed, with their current values,
+    /// instead of the windows that closed.
+    pub fn emitting_updates(mut self) -> Self {
+        if matches!(self.kind, WindowKind::Sliding { .. }) {
+            self.changed = Some(BTreeSet::new());
+        }
+        self
     }
 
     /// The watermark in force, in milliseconds since the Unix epoch.
@@ -123,9 +172,37 @@ impl Windows {
         self.watermark
     }
 
-    /// True when an event at `time` is late for the watermark in force.
-    pub fn is_late(&self, time: i64) -> bool {
-        self.watermark.is_some_and(|watermark| time < watermark)
+    /// How many of the windows holding an event at `time` are closed under
+    /// the watermark in force.
+    pub fn lateness(&self, time: i64) -> Lateness {
+        match self.kind {
+            WindowKind::Sliding { size, slide, .. } => {
+                // Window starts are multiples of `slide` in (time - size, time].
+                let last = time.div_euclid(slide) * slide;
+                let windows = (last - first_start_after(time, size, slide)) / slide + 1;
+                let closed = match self.watermark {
+                    // Starts at or before the last closed window's start.
+                    Some(watermark) => ((last_closed_start(watermark, size, slide) - last)
+                        .div_euclid(slide)
+                        + windows)
+                        .clamp(0, windows),
+                    None => 0,
+                };
+                Lateness {
+                    windows: u32::try_from(windows).unwrap_or(u32::MAX),
+                    closed: u32::try_from(closed).unwrap_or(u32::MAX),
+                }
+            }
+            // An event opens the session [time, time + gap); it is late when
+            // that has closed, as in Spark.
+            WindowKind::Session { gap } => Lateness {
+                windows: 1,
+                closed: u32::from(
+                    self.watermark
+                        .is_some_and(|watermark| time.saturating_add(gap) <= watermark),
+                ),
+            },
+        }
     }
 
     pub fn aggregates(&self) -> &[AggregateKind] {
@@ -146,6 +223,9 @@ impl Windows {
                         .or_insert_with(|| aggregate::empty(&self.aggregates)),
                 };
                 aggregate::update(accumulators, inputs);
+                if let Some(changed) = &mut self.changed {
+                    changed.insert((start, GroupKey::from_bytes(key)));
+                }
             }
             WindowKind::Session { gap } => {
                 let sessions = match self.sessions.get_mut(key) {
@@ -175,12 +255,14 @@ impl Windows {
 
     /// Ends an epoch: records each partition's maximum event time in it,
     /// advances the watermark over the non-idle partitions of the epoch, and
-    /// returns the windows that closed, ordered by start, end and key.
+    /// returns the windows that closed (append mode) or that the epoch
+    /// changed (update mode), ordered by start, end and key.
     pub fn advance(
         &mut self,
         epoch_max: &[(PartitionId, Option<i64>)],
         idle: &[PartitionId],
-    ) -> Vec<(i64, i64, GroupKey, Box<[Accumulator]>)> {
+    ) -> Vec<WindowRow> {
+        let updates = self.take_updates();
         for (partition, max) in epoch_max {
             if let Some(max) = max {
                 let entry = self.partition_max.entry(partition.clone()).or_insert(*max);
@@ -195,15 +277,58 @@ impl Windows {
             .map(|max| max.saturating_sub(self.delay));
         let previous = self.watermark;
         let Some(watermark) = candidate.max(previous) else {
-            return Vec::new();
+            return updates.unwrap_or_default();
         };
         self.watermark = Some(watermark);
-        match self.kind {
+        let closed = match self.kind {
             WindowKind::Sliding { size, slide, .. } => {
                 self.close_sliding(size, slide, previous, watermark)
             }
             WindowKind::Session { .. } => self.close_sessions(watermark),
-        }
+        };
+        updates.unwrap_or(closed)
+    }
+
+    /// Update mode: the current value of every open window that holds a
+    /// (pane, key) changed this epoch. Windows closed before the epoch are
+    /// left out: the epoch's events did not count in them.
+    fn take_updates(&mut self) -> Option<Vec<WindowRow>> {
+        let changed = std::mem::take(self.changed.as_mut()?);
+        let WindowKind::Sliding { size, slide, .. } = self.kind else {
+            return Some(Vec::new());
+        };
+        let open_from = self.watermark.map_or(i64::MIN, |watermark| {
+            last_closed_start(watermark, size, slide) + slide
+        });
+        let windows: BTreeSet<(i64, &GroupKey)> = changed
+            .iter()
+            .flat_map(|(pane, key)| {
+                let first = first_start_after(*pane, size, slide).max(open_from);
+                (first..=*pane)
+                    .step_by(usize::try_from(slide).unwrap_or(usize::MAX))
+                    .map(move |start| (start, key))
+            })
+            .collect();
+        let rows = windows
+            .into_iter()
+            .filter_map(|(start, key)| {
+                let mut total: Option<Box<[Accumulator]>> = None;
+                for keyed in self
+                    .panes
+                    .range(start..start + size)
+                    .map(|(_, keyed)| keyed)
+                {
+                    if let Some(accumulators) = keyed.get(key) {
+                        match &mut total {
+                            Some(total) => aggregate::merge(total, accumulators),
+                            None => total = Some(accumulators.clone()),
+                        }
+                    }
+                }
+                Some((start, start + size, key.clone(), total?))
+            })
+            .collect();
+        Some(rows)
     }
 
     fn close_sliding(
@@ -212,14 +337,13 @@ impl Windows {
         slide: i64,
         previous: Option<i64>,
         watermark: i64,
-    ) -> Vec<(i64, i64, GroupKey, Box<[Accumulator]>)> {
+    ) -> Vec<WindowRow> {
         let mut closed = Vec::new();
         let Some(&first_pane) = self.panes.keys().next() else {
             return closed;
         };
-        // The first window holding `time`, and the last window ending by `watermark`.
-        let first_start_after = |time: i64| (time - size).div_euclid(slide) * slide + slide;
-        let last_start = (watermark - size).div_euclid(slide) * slide;
+        let first_start_after = |time: i64| first_start_after(time, size, slide);
+        let last_start = last_closed_start(watermark, size, slide);
         let mut start = first_start_after(first_pane);
         if let Some(previous) = previous {
             start = start.max(first_start_after(previous));
@@ -260,7 +384,7 @@ impl Windows {
         closed
     }
 
-    fn close_sessions(&mut self, watermark: i64) -> Vec<(i64, i64, GroupKey, Box<[Accumulator]>)> {
+    fn close_sessions(&mut self, watermark: i64) -> Vec<WindowRow> {
         let mut closed = Vec::new();
         self.sessions.retain(|key, sessions| {
             sessions.retain(|session| {
@@ -349,7 +473,7 @@ mod tests {
         out
     }
 
-    fn counts(closed: &[(i64, i64, GroupKey, Box<[Accumulator]>)]) -> Vec<(i64, i64, String, i64)> {
+    fn counts(closed: &[WindowRow]) -> Vec<(i64, i64, String, i64)> {
         closed
             .iter()
             .map(|(s, e, k, a)| {
@@ -403,17 +527,78 @@ mod tests {
     }
 
     #[test]
-    fn an_event_before_the_watermark_is_late() {
-        let mut windows = sliding(1, 1, 2);
-        assert!(
-            !windows.is_late(0),
-            "nothing is late before the first watermark"
+    fn an_event_is_late_only_when_all_its_windows_have_closed() {
+        let mut windows = sliding(5, 1, 2);
+        assert_eq!(
+            windows.lateness(0),
+            Lateness {
+                windows: 5,
+                closed: 0
+            },
+            "nothing is closed before the first watermark"
         );
-        windows.add(10 * MIN, &key("a"), &[Some(1.0)]);
-        windows.advance(&[(partition(), Some(10 * MIN))], &[]);
-        assert_eq!(windows.watermark(), Some(8 * MIN));
-        assert!(windows.is_late(8 * MIN - 1));
-        assert!(!windows.is_late(8 * MIN));
+        windows.add(20 * MIN, &key("a"), &[Some(1.0)]);
+        windows.advance(&[(partition(), Some(20 * MIN))], &[]);
+        assert_eq!(windows.watermark(), Some(18 * MIN));
+        // 14:30 is in the windows starting 10..=14; those ending by 18 (10..=13) are closed.
+        let partly = windows.lateness(14 * MIN + 30_000);
+        assert_eq!((partly.windows, partly.closed), (5, 4));
+        assert!(!partly.is_late());
+        // 12:59 is in windows 8..=12, all ended by 18.
+        assert!(windows.lateness(13 * MIN - 1).is_late());
+        assert_eq!(windows.lateness(13 * MIN).closed, 4);
+        assert_eq!(windows.lateness(30 * MIN).closed, 0);
+    }
+
+    #[test]
+    fn a_partly_late_event_counts_in_its_open_windows_only() {
+        let mut windows = sliding(5, 1, 2);
+        windows.add(20 * MIN, &key("a"), &[Some(1.0)]);
+        let first = counts(&windows.advance(&[(partition(), Some(20 * MIN))], &[]));
+        assert!(first.iter().all(|(_, end, ..)| *end <= 18));
+        windows.add(14 * MIN + 30_000, &key("a"), &[Some(1.0)]);
+        let closed = counts(&windows.advance(&[(partition(), Some(40 * MIN))], &[]));
+        let late_one: Vec<_> = closed.iter().filter(|c| c.0 <= 14 && c.1 > 14).collect();
+        assert_eq!(late_one, vec![&(14, 19, "a".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn update_mode_emits_changed_open_windows_each_epoch_and_ends_like_append() {
+        let events = [
+            (vec![3 * MIN, 4 * MIN], 4 * MIN),
+            (vec![4 * MIN + 1, 7 * MIN], 7 * MIN),
+            (vec![5 * MIN + 30_000], 30 * MIN),
+        ];
+        let mut append = sliding(2, 1, 1);
+        let mut update = sliding(2, 1, 1).emitting_updates();
+        let mut latest = BTreeMap::new();
+        let mut appended = BTreeMap::new();
+        let mut epochs = Vec::new();
+        for (times, max) in events {
+            for time in times {
+                append.add(time, &key("a"), &[Some(1.0)]);
+                update.add(time, &key("a"), &[Some(1.0)]);
+            }
+            let progress = [(partition(), Some(max))];
+            for row in counts(&append.advance(&progress, &[])) {
+                appended.insert((row.0, row.1), row.3);
+            }
+            let rows = counts(&update.advance(&progress, &[]));
+            epochs.push(rows.iter().map(|r| (r.0, r.3)).collect::<Vec<_>>());
+            for row in rows {
+                latest.insert((row.0, row.1), row.3);
+            }
+        }
+        // Epoch 0: 3m and 4m change the windows starting at 2m, 3m and 4m.
+        assert_eq!(epochs[0], vec![(2, 1), (3, 2), (4, 1)]);
+        // Epoch 1: 4m+1ms changes windows 3 and 4 (open: watermark 3m), 7m windows 6 and 7.
+        assert_eq!(epochs[1], vec![(3, 3), (4, 2), (6, 1), (7, 1)]);
+        // Epoch 2: 5m30s is in windows 4 (closed at watermark 6m) and 5.
+        assert_eq!(epochs[2], vec![(5, 1)]);
+        assert_eq!(
+            latest, appended,
+            "the last update of each window is its final value"
+        );
     }
 
     #[test]

@@ -7,11 +7,10 @@
 //! counts equal a batch computation that counts each id once, and the raw
 //! events table holds each id once, as its first occurrence.
 
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use arrow::array::{Array, Int64Array, StringArray};
 use crate::common::*;
+use arrow::array::{Array, Int64Array, StringArray};
 use sluice_runner::sink::delta::read_table;
 
 const COPY_DISTANCE: u64 = 3_000;
@@ -108,7 +107,11 @@ async fn killed_runs_count_each_id_once() {
     let (child, logs) = spawn_runner(&manifest, &[]);
     wait_success(child, logs);
 
-    let (expected, late) = expected_windows_counting(&lines, |i| !copy[i]);
+    let Expected {
+        windows: expected,
+        late,
+        ..
+    } = expected_windows_counting(&lines, |i| !copy[i]);
     let actual = table_windows(&read_table(table.to_str().unwrap()).await.unwrap());
     assert_eq!(actual, expected, "window counts with each id once");
 

@@ -9,7 +9,6 @@
 //! final watermark (the minimum over partitions) passes every data window
 //! whatever the order in which partitions were read.
 
-
 use std::{
     collections::BTreeMap,
     path::Path,
@@ -43,7 +42,7 @@ struct Topic {
 
 impl Topic {
     fn generate(events: usize, seed: u64) -> Self {
-        let mut lines = data_set(events, seed);
+        let mut lines = data_set_without_stragglers(events, seed);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         write_jsonl(&lines, &path);
@@ -139,7 +138,7 @@ spec:
 
 /// Polls the Delta table until it holds `expected` (or the deadline passes),
 /// checking the runner stays up meanwhile; returns what it last read.
-async fn wait_for_table(table: &str, expected: &Windows, runner: &mut Child) -> Windows {
+pub(crate) async fn wait_for_table(table: &str, expected: &Windows, runner: &mut Child) -> Windows {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let actual = match read_table(table).await {
@@ -159,7 +158,7 @@ async fn wait_for_table(table: &str, expected: &Windows, runner: &mut Child) -> 
 
 /// Asks the runner to stop (SIGTERM: it finishes the epoch, checkpoints and
 /// commits the consumer group) and waits for it.
-fn stop_gracefully(runner: Child, logs: mpsc::Receiver<String>) {
+pub(crate) fn stop_gracefully(runner: Child, logs: mpsc::Receiver<String>) {
     let status = Command::new("kill")
         .args(["-TERM", &runner.id().to_string()])
         .status()
@@ -218,7 +217,11 @@ async fn reference_query_over_a_partitioned_topic_matches_the_batch_computation(
     let dir = tempfile::tempdir().unwrap();
     let (manifest, table) = manifest(dir.path(), &broker, "", "");
 
-    let (expected, late) = expected_windows(&topic.lines);
+    let Expected {
+        windows: expected,
+        late,
+        ..
+    } = expected_windows(&topic.lines);
     assert!(late > 100, "the data set has late events ({late})");
     run_to_the_end(&manifest, &[], &table, &expected, &broker).await;
 }
@@ -235,7 +238,9 @@ async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
     let produced = broker.end_offsets(TOPIC).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (manifest, table) = manifest(dir.path(), &broker, "", "");
-    let (expected, _) = expected_windows(&topic.lines);
+    let Expected {
+        windows: expected, ..
+    } = expected_windows(&topic.lines);
 
     let mut rng = Rng::new(2026);
     // Which of the runner's lives sees the broker restart (an early one:
@@ -279,44 +284,6 @@ async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
     run_to_the_end(&manifest, &[], &table, &expected, &broker).await;
 }
 
-/// The runner's HTTP address, from the log line that announces it.
-fn runner_address(logs: &mpsc::Receiver<String>) -> String {
-    let line = wait_for_line(
-        logs,
-        "serving /healthz, /readyz, /metrics and /status",
-        |_| true,
-    )
-    .expect("the runner announces its address");
-    format!("http://{}", line["address"].as_str().unwrap())
-}
-
-/// Polls a runner endpoint every 200 ms (two minutes at most) until
-/// `accept` takes its answer, checking that the runner stays up meanwhile.
-async fn poll_runner<T>(
-    runner: &mut Child,
-    url: &str,
-    waiting_for: &str,
-    accept: impl AsyncFn(reqwest::Response) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            runner.try_wait().unwrap().is_none(),
-            "the runner exited while waiting for {waiting_for}"
-        );
-        if let Ok(response) = reqwest::get(url).await
-            && let Some(accepted) = accept(response).await
-        {
-            return accepted;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{url} never showed {waiting_for}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Polls `/readyz` until it says ready (200) or not (503).
 async fn wait_until_readyz(url: &str, runner: &mut Child, ready: bool) {
     let waiting_for = if ready { "ready" } else { "not ready" };
@@ -340,7 +307,11 @@ async fn malformed_and_late_events_land_in_the_dead_letter_topic() {
     // What must be dead-lettered, (topic, partition, offset) → reason: the
     // malformed lines, and the events an hour behind their place in the data
     // set (the only late ones: other events are at most 90 s out of order).
-    let (expected_windows, late) = expected_windows(&topic.lines);
+    let Expected {
+        windows: expected_windows,
+        late,
+        ..
+    } = expected_windows(&topic.lines);
     let offsets = topic.offsets();
     let mut expected_dead = BTreeMap::new();
     for (index, (line, (partition, offset))) in topic.lines.iter().zip(&offsets).enumerate() {
@@ -454,7 +425,9 @@ async fn scram_credentials_from_a_secret_log_in_to_an_authenticating_broker() {
 
     // The right one: the pipeline reads everything.
     let right = secret(&login.password);
-    let (expected, _) = expected_windows(&topic.lines);
+    let Expected {
+        windows: expected, ..
+    } = expected_windows(&topic.lines);
     run_to_the_end(&manifest, &env_refs(&right), &table, &expected, &broker).await;
 }
 
@@ -505,6 +478,8 @@ async fn tls_with_the_ca_from_a_mounted_secret_reaches_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let tls = "      tls: {caSecretRef: {name: kafka-ca, key: ca.crt}}\n";
     let (manifest, table) = manifest(dir.path(), &broker, tls, "");
-    let (expected, _) = expected_windows(&topic.lines);
+    let Expected {
+        windows: expected, ..
+    } = expected_windows(&topic.lines);
     run_to_the_end(&manifest, &env, &table, &expected, &broker).await;
 }

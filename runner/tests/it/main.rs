@@ -1,13 +1,15 @@
 //! One test binary per crate: each integration test module links the crate and
 //! its dependencies once, instead of once per file.
 
-mod common;
 mod clickhouse_sink;
+mod common;
 mod dedup;
 mod elasticsearch_sink;
+mod event_time;
 mod kafka;
 mod recovery;
 mod recovery_s3;
 mod reference_query;
 mod rest_source;
 mod retention;
+mod update_mode;

@@ -4,7 +4,6 @@
 //! table ends up with exactly the rows of the batch computation: nothing
 //! lost, nothing twice.
 
-
 use crate::common::*;
 use sluice_runner::sink::delta::read_table;
 
@@ -29,7 +28,9 @@ async fn killed_runs_resume_to_exactly_the_expected_rows() {
     let (child, logs) = spawn_runner(&manifest, &[]);
     wait_success(child, logs);
 
-    let (expected, _) = expected_windows(&lines);
+    let Expected {
+        windows: expected, ..
+    } = expected_windows(&lines);
     let actual = table_windows(&read_table(table.to_str().unwrap()).await.unwrap());
     assert_eq!(actual, expected);
 }

@@ -4,7 +4,6 @@
 //! epochs, a feed that keeps growing, a replay by a fresh source, and a
 //! restart of the runner binary.
 
-
 use crate::common;
 use std::{
     collections::BTreeMap,
@@ -477,4 +476,126 @@ spec:
             .all(|r| r.headers.get("authorization").map(String::as_str) == Some("Bearer t0ken"))
     );
     assert_eq!(api.retry_after_violations(), 0);
+}
+
+/// With `parallelism: 2`, replica 0 reads the whole API and replica 1 reads
+/// nothing: every window row is written once, with each event counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_count_each_event_once() {
+    let api = RestApi::start(Faults::default()).await;
+    api.push(events(0..600));
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table");
+    let manifest = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{name: rest-parallel, namespace: tests, uid: 3f1c9a70-rest-parallel}}
+spec:
+  parallelism: 2
+  source:
+    rest:
+      url: {api}/cursor?limit=50
+      eventsPath: data.events
+      pagination:
+        cursor: {{param: after, responsePath: data.next_cursor}}
+      pollInterval: 100ms
+  format:
+    json: {{timestampField: ts, timestampFormat: epochMillis}}
+  window:
+    tumbling: {{size: 1m}}
+    watermark: 0s
+    groupBy: [kind]
+    aggregations:
+      - {{name: events, count: {{}}}}
+  sinks:
+    - name: lake
+      delta: {{uri: "{table}"}}
+  checkpoint: {{uri: "{checkpoints}", interval: 0s}}
+  trigger: {{interval: 100ms}}
+"#,
+            api = api.url(),
+            table = table.display(),
+            checkpoints = dir.path().join("checkpoints").display(),
+        ),
+    )
+    .unwrap();
+    let replica = |index: u32| {
+        common::spawn_runner(
+            &manifest,
+            &[
+                ("SLUICE_REPLICA", index.to_string()),
+                ("SLUICE_REPLICAS", "2".into()),
+            ],
+        )
+    };
+    let (mut first, first_logs) = replica(0);
+    let (mut second, second_logs) = replica(1);
+    let second_status = format!("{}/status", common::runner_address(&second_logs));
+    drop(first_logs);
+
+    // 600 one-second events close 9 full minutes of three kinds.
+    let mut expected = BTreeMap::new();
+    for id in 0..540u64 {
+        let minute = common::START + (id as i64 * 1000) / common::MINUTE * common::MINUTE;
+        *expected
+            .entry((minute, ["a", "b", "c"][(id % 3) as usize].to_owned()))
+            .or_insert(0i64) += 1;
+    }
+    let deadline = Instant::now() + DEADLINE;
+    let rows = loop {
+        let rows = window_counts(&table).await;
+        if rows.len() >= expected.len() {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "windows did not close: {rows:?}");
+        assert!(first.try_wait().unwrap().is_none(), "replica 0 exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rows, expected, "each window once, each event counted once");
+    let status: Value = reqwest::get(&second_status)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["eventsTotal"], 0,
+        "replica 1 reads nothing: {status}"
+    );
+    assert!(second.try_wait().unwrap().is_none(), "replica 1 stays up");
+    for runner in [&mut first, &mut second] {
+        runner.kill().unwrap();
+        runner.wait().unwrap();
+    }
+}
+
+/// (window start, kind) → count of the Delta table's window rows; a window
+/// written twice fails the test.
+async fn window_counts(table: &std::path::Path) -> BTreeMap<(i64, String), i64> {
+    use arrow::array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
+
+    let mut rows = BTreeMap::new();
+    let Ok(batches) = sluice_runner::sink::delta::read_table(table.to_str().unwrap()).await else {
+        return rows;
+    };
+    for batch in batches {
+        let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let (starts, kinds, counts) = (column("window_start"), column("kind"), column("events"));
+        let starts = starts
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        let kinds = kinds.as_any().downcast_ref::<StringArray>().unwrap();
+        let counts = counts.as_any().downcast_ref::<Int64Array>().unwrap();
+        for row in 0..batch.num_rows() {
+            let key = (starts.value(row) / 1000, kinds.value(row).to_owned());
+            let previous = rows.insert(key.clone(), counts.value(row));
+            assert!(previous.is_none(), "window {key:?} written twice");
+        }
+    }
+    rows
 }

@@ -5,7 +5,6 @@
 //! after each kill, the runner still resumes exactly: the Delta table ends
 //! up with the batch computation's rows, none twice.
 
-
 use std::{collections::BTreeSet, path::Path};
 
 use crate::common::*;
@@ -65,7 +64,9 @@ async fn three_epochs_are_retained_and_a_restart_after_cleanup_resumes_exactly()
         "plans {planned:?} beyond checkpoints {checkpointed:?}"
     );
 
-    let (expected, _) = expected_windows(&run.lines);
+    let Expected {
+        windows: expected, ..
+    } = expected_windows(&run.lines);
     let actual = table_windows(&read_table(run.table.to_str().unwrap()).await.unwrap());
     assert_eq!(actual, expected);
 }

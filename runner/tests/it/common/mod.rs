@@ -45,10 +45,25 @@ impl Rng {
     }
 }
 
-/// `n` events 10 ms apart, up to 90 s out of order; about 1% of them an
-/// hour late (all after the first epoch, so they are late whatever the
+/// `n` events 10 ms apart, up to 90 s out of order; about 0.5% of them
+/// 150–600 s late (some of their sliding windows have closed by the time
+/// they are read, the others are still open), about 1% an hour late (all
+/// after the first epoch, so every window of theirs has closed whatever the
 /// epoch split) and about 0.2% malformed lines.
 pub fn data_set(n: usize, seed: u64) -> Vec<Line> {
+    generate(n, seed, true)
+}
+
+/// [`data_set`] without the events 150–600 s late, for sources whose epochs
+/// the batch computation cannot know (a partitioned topic, where the broker
+/// decides how much of each partition an epoch reads): which windows of such
+/// an event have closed depends on that split. Everything else is late
+/// whatever the split, or not at all.
+pub fn data_set_without_stragglers(n: usize, seed: u64) -> Vec<Line> {
+    generate(n, seed, false)
+}
+
+fn generate(n: usize, seed: u64, stragglers: bool) -> Vec<Line> {
     let mut rng = Rng::new(seed);
     (0..n)
         .map(|i| {
@@ -64,6 +79,8 @@ pub fn data_set(n: usize, seed: u64) -> Vec<Line> {
             let mut time = nominal - rng.below(90_001) as i64;
             if roll < 12 && i > LINES_PER_EPOCH {
                 time = nominal - 60 * MINUTE;
+            } else if stragglers && roll >= 995 {
+                time = nominal - 150_000 - rng.below(450_001) as i64;
             }
             Line::Event {
                 time,
@@ -110,27 +127,36 @@ pub fn write_jsonl_with_ids(lines: &[Line], ids: Option<&[usize]>, path: &Path) 
 /// (window start, window end, event type) → count, in milliseconds.
 pub type Windows = BTreeMap<(i64, i64, String), i64>;
 
-/// What the reference query must produce, computed by brute force: epochs of
-/// `LINES_PER_EPOCH` lines; an event is late when its time is before the
-/// watermark in force for its epoch; after each epoch the watermark becomes
-/// (largest event time so far − 2 min); a 5-minute window sliding by 1 minute
-/// is emitted once the final watermark is at or past its end.
-/// Returns the windows and the number of late events.
-pub fn expected_windows(lines: &[Line]) -> (Windows, usize) {
+/// The reference query's expected output.
+pub struct Expected {
+    pub windows: Windows,
+    /// Events whose windows had all closed.
+    pub late: usize,
+    /// Events counted in some of their windows only, the others having closed.
+    pub partly_late: usize,
+    /// The final watermark (milliseconds).
+    pub watermark: i64,
+}
+
+/// What the reference query must produce, computed by brute force with
+/// Spark Structured Streaming's rules: one micro-batch per epoch of
+/// `LINES_PER_EPOCH` lines; the watermark in force for a micro-batch is
+/// (largest event time of the earlier micro-batches − 2 min), never moving
+/// back; an event counts in each of its 5-minute windows (sliding by 1
+/// minute) that ends after that watermark, and is late when none does; a
+/// window is emitted once the final watermark is at or past its end.
+pub fn expected_windows(lines: &[Line]) -> Expected {
     expected_windows_counting(lines, |_| true)
 }
 
 /// [`expected_windows`] over the lines `counted` accepts (by index); the
-/// others still fill their place in the epochs, as events a dedup transform
-/// drops do.
-pub fn expected_windows_counting(
-    lines: &[Line],
-    counted: impl Fn(usize) -> bool,
-) -> (Windows, usize) {
+/// others still fill their place in the epochs and move event time, as
+/// events a dedup transform drops do.
+pub fn expected_windows_counting(lines: &[Line], counted: impl Fn(usize) -> bool) -> Expected {
     let mut watermark: Option<i64> = None;
     let mut max_time: Option<i64> = None;
-    let mut accepted = Vec::new();
-    let mut late = 0;
+    let mut memberships = Vec::new();
+    let (mut late, mut partly_late) = (0, 0);
     for (first, epoch) in (0..)
         .step_by(LINES_PER_EPOCH)
         .zip(lines.chunks(LINES_PER_EPOCH))
@@ -139,15 +165,21 @@ pub fn expected_windows_counting(
             let Line::Event { time, event_type } = line else {
                 continue;
             };
+            max_time = Some(max_time.map_or(*time, |m: i64| m.max(*time)));
             if !counted(index) {
                 continue;
             }
-            if watermark.is_some_and(|w| *time < w) {
-                late += 1;
-                continue;
+            // Every window start (a whole minute) with start <= time < start + 5 min.
+            let open: Vec<i64> = (0..5)
+                .map(|back| time.div_euclid(MINUTE) * MINUTE - back * MINUTE)
+                .filter(|start| watermark.is_none_or(|w| start + 5 * MINUTE > w))
+                .collect();
+            match open.len() {
+                0 => late += 1,
+                5 => {}
+                _ => partly_late += 1,
             }
-            accepted.push((*time, *event_type));
-            max_time = Some(max_time.map_or(*time, |m: i64| m.max(*time)));
+            memberships.extend(open.into_iter().map(|start| (start, *event_type)));
         }
         if let Some(max) = max_time {
             watermark = Some(watermark.map_or(max - 2 * MINUTE, |w| w.max(max - 2 * MINUTE)));
@@ -155,19 +187,19 @@ pub fn expected_windows_counting(
     }
     let watermark = watermark.expect("some events");
     let mut windows = Windows::new();
-    for (time, event_type) in accepted {
-        // Every window start (a whole minute) with start <= time < start + 5 min.
-        let mut start = time.div_euclid(MINUTE) * MINUTE;
-        while start > time - 5 * MINUTE {
-            if start + 5 * MINUTE <= watermark {
-                *windows
-                    .entry((start, start + 5 * MINUTE, event_type.to_owned()))
-                    .or_default() += 1;
-            }
-            start -= MINUTE;
+    for (start, event_type) in memberships {
+        if start + 5 * MINUTE <= watermark {
+            *windows
+                .entry((start, start + 5 * MINUTE, event_type.to_owned()))
+                .or_default() += 1;
         }
     }
-    (windows, late)
+    Expected {
+        windows,
+        late,
+        partly_late,
+        watermark,
+    }
 }
 
 /// The reference query's rows as read back from the Delta table, checking
@@ -380,5 +412,43 @@ pub fn wait_success(mut child: Child, logs: mpsc::Receiver<String>) {
         }
         assert!(Instant::now() < deadline, "runner did not finish in time");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The runner's HTTP address, from the log line that announces it.
+pub fn runner_address(logs: &mpsc::Receiver<String>) -> String {
+    let line = wait_for_line(
+        logs,
+        "serving /healthz, /readyz, /metrics and /status",
+        |_| true,
+    )
+    .expect("the runner announces its address");
+    format!("http://{}", line["address"].as_str().unwrap())
+}
+
+/// Polls a runner endpoint every 200 ms (two minutes at most) until
+/// `accept` takes its answer, checking that the runner stays up meanwhile.
+pub async fn poll_runner<T>(
+    runner: &mut Child,
+    url: &str,
+    waiting_for: &str,
+    accept: impl AsyncFn(reqwest::Response) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            runner.try_wait().unwrap().is_none(),
+            "the runner exited while waiting for {waiting_for}"
+        );
+        if let Ok(response) = reqwest::get(url).await
+            && let Some(accepted) = accept(response).await
+        {
+            return accepted;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never showed {waiting_for}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
