@@ -544,9 +544,9 @@ mod tests {
         let partly = windows.lateness(14 * MIN + 30_000);
         assert_eq!((partly.windows, partly.closed), (5, 4));
         assert!(!partly.is_late());
-        // 12:59 is in windows 8..=12, all ended by 18.
-        assert!(windows.lateness(13 * MIN - 1).is_late());
-        assert_eq!(windows.lateness(13 * MIN).closed, 4);
+        // 13:59 is in windows 9..=13, all ended by 18; 14:00 opens window 14.
+        assert!(windows.lateness(14 * MIN - 1).is_late());
+        assert_eq!(windows.lateness(14 * MIN).closed, 4);
         assert_eq!(windows.lateness(30 * MIN).closed, 0);
     }
 
