@@ -3,7 +3,7 @@
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Duration;
+use crate::{Duration, rules};
 
 /// How events are grouped in event time, and what is computed per window and key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -11,6 +11,14 @@ use crate::Duration;
 #[x_kube(validation = kube::core::Rule::new(
     "(has(self.tumbling) ? 1 : 0) + (has(self.sliding) ? 1 : 0) + (has(self.session) ? 1 : 0) == 1"
 ).message("exactly one of window.tumbling, window.sliding or window.session must be set"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.aggregations.all(a, !(a.name in ['window_start', 'window_end']) && !(has(self.groupBy) && self.groupBy.exists(g, g.replace('.', '_') == a.name)))"
+).message("an aggregation name must differ from the window columns (window_start, window_end) and from every groupBy column (the path with '.' as '_')")
+    .field_path(".aggregations"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.groupBy) || self.groupBy.all(g, !(g.replace('.', '_') in ['window_start', 'window_end']) && self.groupBy.exists_one(h, h.replace('.', '_') == g.replace('.', '_')))"
+).message("groupBy columns (each path with '.' as '_') must be unique and differ from window_start and window_end")
+    .field_path(".groupBy"))]
 pub struct WindowSpec {
     /// Fixed-size, non-overlapping windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -24,12 +32,15 @@ pub struct WindowSpec {
     /// Allowed out-of-orderness: the watermark trails the newest event time by this much.
     /// Events older than the watermark are late.
     pub watermark: Duration,
-    /// A partition with no new events for this long stops holding the watermark back.
+    /// A partition with no new events for this long stops holding the
+    /// watermark back; greater than zero.
     #[serde(default = "default_idle_timeout")]
+    #[x_kube(validation = rules::positive_duration())]
     pub idle_timeout: Duration,
-    /// Event fields (dot-separated paths) whose values form the group key.
+    /// Event fields (dot-separated paths) whose values form the group key; at
+    /// most 16. Each becomes a result column named by the path with `.` as `_`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
     pub group_by: Vec<String>,
     /// Values computed per window and key; at least one.
     #[schemars(length(min = 1, max = 64))]
@@ -82,7 +93,7 @@ pub struct SessionWindow {
     "(has(self.count) ? 1 : 0) + (has(self.sum) ? 1 : 0) + (has(self.min) ? 1 : 0) + (has(self.max) ? 1 : 0) + (has(self.avg) ? 1 : 0) == 1"
 ).message("set exactly one of count, sum, min, max or avg"))]
 pub struct Aggregation {
-    /// Output column name.
+    /// Output column name; not `window_start`, `window_end` or a groupBy column.
     #[schemars(
         length(min = 1, max = 63),
         regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -111,6 +122,7 @@ pub struct Aggregation {
 pub struct CountAggregation {
     /// Count only events that have this field (dot-separated path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub field: Option<String>,
 }
 
@@ -119,6 +131,6 @@ pub struct CountAggregation {
 #[serde(rename_all = "camelCase")]
 pub struct FieldAggregation {
     /// Dot-separated path of the field.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub field: String,
 }
