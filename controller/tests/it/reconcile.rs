@@ -32,7 +32,7 @@ async fn setup_with(
 }
 
 /// The next reconcile no longer reports `reason`, and the runners exist.
-async fn assert_runs_after_the_fix(ctx: &sluice_controller::Context, reason: &str) {
+async fn assert_runs_after_the_fix(ctx: &std::sync::Arc<sluice_controller::Context>, reason: &str) {
     reconcile_stored(ctx, NAME).await.unwrap();
     assert_ne!(condition(&stored(ctx, NAME).await, "Ready").reason, reason);
     stateful_set(ctx).await;
