@@ -86,7 +86,9 @@ impl FromStr for Duration {
         )?;
         let parsed: time::Duration = parsed.into();
         let micro_units = ["ns", "us", "µs"];
-        if parsed.subsec_nanos() % 1_000_000 != 0 || micro_units.iter().any(|u| s.contains(u)) {
+        if !parsed.subsec_nanos().is_multiple_of(1_000_000)
+            || micro_units.iter().any(|u| s.contains(u))
+        {
             return Err(DurationError::FinerThanMillisecond(s.to_owned()));
         }
         Ok(Self(parsed))

@@ -86,7 +86,7 @@ fn every_cel_rule_reads_only_bounded_values() {
         let program = cel::Program::compile(rule)
             .unwrap_or_else(|e| panic!("the rule at {path:?} does not parse: {rule}\n{e}"));
         let mut reads = Vec::new();
-        let scope = vec![("self".to_owned(), Read::Schema(path.clone(), *node))];
+        let scope = vec![("self".to_owned(), Read::Schema(path.clone(), node))];
         walk(&program.expression().expr, &scope, &mut reads);
         for read in reads {
             if let Some(problem) = unbounded(&read) {
