@@ -97,7 +97,9 @@ async fn apply(pipeline: &StreamPipeline, ctx: &Context, namespace: &str) -> Res
     status.observed_generation = pipeline.metadata.generation;
     let mut events = Events::new();
 
-    let invalid = match validate::checkpoint_uri(&pipeline.spec) {
+    let spec_problem =
+        validate::expressions(&pipeline.spec).or_else(|| validate::checkpoint_uri(&pipeline.spec));
+    let invalid = match spec_problem {
         Some(invalid) => Some(invalid),
         None => {
             let secrets = Api::<Secret>::namespaced(ctx.client.clone(), namespace);

@@ -2,15 +2,24 @@
 //!
 //! The format is Go's `time.ParseDuration` (the Kubernetes convention, and what
 //! CEL's `duration()` understands), so the same string can be compared in a CEL
-//! rule at apply time and parsed by the runner.
+//! rule at apply time and parsed by the runner. Event times are milliseconds,
+//! so a duration is a whole number of milliseconds: the units are `ms`, `s`,
+//! `m` and `h`, and a fraction may not go below a millisecond (`1.5s` yes,
+//! `1.0005s` no).
 
 use std::{borrow::Cow, fmt, str::FromStr, time};
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-/// Matches what [`Duration::from_str`] accepts: one or more `<number><unit>` terms.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+/// One or more `<number><unit>` terms, each a whole number of milliseconds:
+/// a fraction has at most 5 digits for hours, 4 for minutes, 3 for seconds
+/// and none for milliseconds. [`Duration::from_str`] accepts all of them.
+pub const DURATION_PATTERN: &str =
+    r"^([0-9]+(\.[0-9]{1,5})?h|[0-9]+(\.[0-9]{1,4})?m|[0-9]+(\.[0-9]{1,3})?s|[0-9]+ms)+$";
+
+/// Longest duration string accepted (it bounds the cost of CEL rules that parse it).
+pub const MAX_DURATION_LENGTH: u32 = 64;
 
 /// A non-negative duration written like `"2m"` or `"1h30m"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -23,6 +32,10 @@ pub enum DurationError {
     Invalid { input: String, reason: String },
     #[error("invalid duration {0:?}: must not be negative")]
     Negative(String),
+    #[error(
+        "invalid duration {0:?}: event times are milliseconds, so write a whole number of milliseconds (units ms, s, m, h)"
+    )]
+    FinerThanMillisecond(String),
 }
 
 impl Duration {
@@ -71,7 +84,14 @@ impl FromStr for Duration {
                 reason: e.to_string(),
             },
         )?;
-        Ok(Self(parsed.into()))
+        let parsed: time::Duration = parsed.into();
+        let micro_units = ["ns", "us", "µs"];
+        if !parsed.subsec_nanos().is_multiple_of(1_000_000)
+            || micro_units.iter().any(|u| s.contains(u))
+        {
+            return Err(DurationError::FinerThanMillisecond(s.to_owned()));
+        }
+        Ok(Self(parsed))
     }
 }
 
@@ -103,7 +123,8 @@ impl JsonSchema for Duration {
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
-            "description": "A duration such as \"30s\", \"5m\" or \"1h30m\" (units: ns, us, ms, s, m, h)."
+            "maxLength": MAX_DURATION_LENGTH,
+            "description": "A duration such as \"30s\", \"5m\" or \"1h30m\" (units: ms, s, m, h; whole milliseconds)."
         })
     }
 
@@ -126,11 +147,47 @@ mod tests {
 
     #[test]
     fn refuses_what_the_schema_pattern_refuses() {
-        for bad in ["", "5", "five minutes", "-1m", "1d", "5 m"] {
+        for bad in [
+            "",
+            "5",
+            "five minutes",
+            "-1m",
+            "1d",
+            "5 m",
+            "500us",
+            "1000ns",
+            "1.0005s",
+            "0.5ms",
+        ] {
             assert!(
                 bad.parse::<Duration>().is_err(),
                 "{bad:?} should be refused"
             );
+        }
+    }
+
+    #[test]
+    fn parses_everything_the_schema_pattern_accepts() {
+        let schema = serde_json::json!({"type": "string", "pattern": DURATION_PATTERN});
+        let pattern = jsonschema::validator_for(&schema).expect("the pattern compiles");
+        let samples = [
+            "0s", "1ms", "250ms", "1.5s", "1.001s", "0.0001m", "0.00001h", "1h30m", "2m3s4ms",
+            "5m", "1.0005s", "500us", "1ns", "0.5ms", "0.00001m", "1.5", "",
+        ];
+        for sample in samples {
+            let accepted = pattern.is_valid(&serde_json::json!(sample));
+            let parsed = sample.parse::<Duration>();
+            if accepted {
+                assert!(
+                    parsed.is_ok(),
+                    "{sample:?} matches the pattern but: {parsed:?}"
+                );
+            } else {
+                assert!(
+                    parsed.is_err(),
+                    "{sample:?} is refused by the pattern, parsed as {parsed:?}"
+                );
+            }
         }
     }
 

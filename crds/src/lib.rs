@@ -2,12 +2,15 @@
 //! controller and the runner: its spec, status, validation and the CRD YAML.
 
 mod duration;
+pub mod expression;
 pub mod manifest;
+pub mod rules;
 mod runner_status;
 mod secret;
 pub mod v1alpha1;
 
 pub use duration::{DURATION_PATTERN, Duration, DurationError};
+pub use expression::{InvalidExpression, InvalidExpressions, check_expressions};
 pub use manifest::{ManifestError, Violation, parse_pipeline};
 pub use runner_status::RunnerStatus;
 pub use secret::{

@@ -66,11 +66,13 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", args.manifest.display()))?;
     let pipeline = match sluice_crds::parse_pipeline(&text) {
         Ok(pipeline) => pipeline,
-        Err(error) => {
-            eprintln!("{}: {error}", args.manifest.display());
-            std::process::exit(2);
-        }
+        Err(error) => refuse(&args.manifest, &error),
     };
+    // What the controller reports as Ready=False (InvalidExpression), refused
+    // before anything starts.
+    if let Err(invalid) = sluice_crds::check_expressions(&pipeline.spec.transforms) {
+        refuse(&args.manifest, &invalid);
+    }
     let interactive = std::io::stderr().is_terminal();
     init_logging(&pipeline.spec, interactive);
     tokio::runtime::Builder::new_multi_thread()
@@ -79,6 +81,12 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?
         .block_on(run(args, pipeline, interactive))
+}
+
+/// Reports a manifest that can never run, and exits with status 2.
+fn refuse(manifest: &std::path::Path, error: &dyn std::fmt::Display) -> ! {
+    eprintln!("{}: {error}", manifest.display());
+    std::process::exit(2);
 }
 
 fn init_logging(spec: &StreamPipelineSpec, interactive: bool) {

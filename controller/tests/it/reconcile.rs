@@ -17,10 +17,25 @@ const NAME: &str = "clickstream";
 async fn setup(
     secrets: Vec<k8s_openapi::api::core::v1::Secret>,
 ) -> (std::sync::Arc<sluice_controller::Context>, RunnerStatuses) {
+    setup_with(pipeline(NAME), secrets).await
+}
+
+/// An API holding `pipeline` and `secrets`.
+async fn setup_with(
+    pipeline: StreamPipeline,
+    secrets: Vec<k8s_openapi::api::core::v1::Secret>,
+) -> (std::sync::Arc<sluice_controller::Context>, RunnerStatuses) {
     let runners = RunnerStatuses::default();
     let template = runners.serve().await;
-    let client = fake_api(vec![pipeline(NAME)], secrets).await;
+    let client = fake_api(vec![pipeline], secrets).await;
     (context(client, template), runners)
+}
+
+/// The next reconcile no longer reports `reason`, and the runners exist.
+async fn assert_runs_after_the_fix(ctx: &std::sync::Arc<sluice_controller::Context>, reason: &str) {
+    reconcile_stored(ctx, NAME).await.unwrap();
+    assert_ne!(condition(&stored(ctx, NAME).await, "Ready").reason, reason);
+    stateful_set(ctx).await;
 }
 
 async fn stateful_set(ctx: &sluice_controller::Context) -> StatefulSet {
@@ -504,14 +519,7 @@ async fn missing_secret_sets_ready_false_with_event_and_backs_off() {
         1,
         "one Event per transition, not per retry: {warnings:?}"
     );
-    assert!(
-        Api::<StatefulSet>::namespaced(ctx.client.clone(), NS)
-            .get_opt(NAME)
-            .await
-            .unwrap()
-            .is_none(),
-        "no runners without their Secrets"
-    );
+    assert!(!has_runners(&ctx).await, "no runners without their Secrets");
 
     // Creating the Secret lets the next attempt through.
     let secret = pipeline_secrets()
@@ -522,37 +530,101 @@ async fn missing_secret_sets_ready_false_with_event_and_backs_off() {
         .create(&Default::default(), &secret)
         .await
         .unwrap();
-    reconcile_stored(&ctx, NAME).await.unwrap();
-    assert_ne!(
-        condition(&stored(&ctx, NAME).await, "Ready").reason,
-        "SecretNotFound"
-    );
-    stateful_set(&ctx).await;
+    assert_runs_after_the_fix(&ctx, "SecretNotFound").await;
 }
 
 #[tokio::test]
 async fn local_checkpoint_path_is_refused_with_an_actionable_message() {
-    let runners = RunnerStatuses::default();
     let mut local = pipeline(NAME);
     local.spec.checkpoint.uri = "/var/lib/sluice/checkpoints".into();
-    let ctx = context(
-        fake_api(vec![local], pipeline_secrets()).await,
-        runners.serve().await,
-    );
+    let (ctx, _runners) = setup_with(local, pipeline_secrets()).await;
     reconcile_settled(&ctx, NAME).await;
-    let refused = stored(&ctx, NAME).await;
+    let message = assert_refused_before_any_runner(&ctx, "UnsupportedCheckpointUri").await;
+    assert!(message.contains("s3://"), "{message}");
+}
+
+/// `Ready=False` with `reason`, phase Failed, a Warning Event, and no runners.
+async fn assert_refused_before_any_runner(
+    ctx: &sluice_controller::Context,
+    reason: &str,
+) -> String {
+    let refused = stored(ctx, NAME).await;
     let ready = condition(&refused, "Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "UnsupportedCheckpointUri")
+        ("False", reason)
     );
-    assert!(ready.message.contains("s3://"), "{}", ready.message);
-    assert_eq!(refused.status.unwrap().phase, Some(Phase::Failed));
+    assert_eq!(refused.status.as_ref().unwrap().phase, Some(Phase::Failed));
     assert!(
         events(&ctx.client)
             .await
             .iter()
-            .any(|(t, r, _)| t == "Warning" && r == "UnsupportedCheckpointUri")
+            .any(|(t, r, _)| t == "Warning" && r == reason)
+    );
+    assert!(!has_runners(ctx).await, "no runner starts");
+    ready.message.clone()
+}
+
+/// Whether the runners' StatefulSet exists.
+async fn has_runners(ctx: &sluice_controller::Context) -> bool {
+    Api::<StatefulSet>::namespaced(ctx.client.clone(), NS)
+        .get_opt(NAME)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+#[tokio::test]
+async fn a_transform_that_cannot_compile_is_reported_before_any_runner_starts() {
+    let mut broken = pipeline(NAME);
+    broken.spec.transforms = serde_json::from_value(serde_json::json!([
+        {"filter": "event_type != 'heartbeat'"},
+        {"compute": {"field": "cents", "expression": "value * 100.0 +"}},
+        {"filter": "'click'"},
+    ]))
+    .unwrap();
+    let (ctx, _runners) = setup_with(broken, pipeline_secrets()).await;
+    reconcile_settled(&ctx, NAME).await;
+    let message = assert_refused_before_any_runner(&ctx, "InvalidExpression").await;
+    assert!(
+        message.contains("spec.transforms[1].compute.expression: invalid CEL expression \"value * 100.0 +\": line 1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.transforms[2].filter") && message.contains("true or false"),
+        "{message}"
+    );
+    assert!(!message.contains("transforms[0]"), "{message}");
+
+    // Fixing the expressions lets the runners start.
+    edit(&ctx, |p| {
+        p.spec.transforms.truncate(1);
+    })
+    .await;
+    assert_runs_after_the_fix(&ctx, "InvalidExpression").await;
+}
+
+#[tokio::test]
+async fn a_webhook_secret_without_an_http_url_is_reported() {
+    let mut with_webhook = pipeline(NAME);
+    with_webhook.spec.alerts.as_mut().unwrap().webhooks = serde_json::from_value(
+        serde_json::json!([{"urlSecretRef": {"name": "alert-hook", "key": "url"}}]),
+    )
+    .unwrap();
+    let mut secrets = pipeline_secrets();
+    let token = "hooks.example.com/services/T0/B0/s3cr3t-token";
+    secrets.push(secret("alert-hook", &[("url", token)]));
+    let (ctx, _runners) = setup_with(with_webhook, secrets).await;
+    reconcile_settled(&ctx, NAME).await;
+    let message = assert_refused_before_any_runner(&ctx, "InvalidWebhookUrl").await;
+    assert!(
+        message.contains("spec.alerts.webhooks[0].urlSecretRef")
+            && message.contains("\"alert-hook\""),
+        "{message}"
+    );
+    assert!(
+        !message.contains("s3cr3t"),
+        "the message shows the secret: {message}"
     );
 }
 

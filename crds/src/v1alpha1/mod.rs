@@ -13,7 +13,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use self::{sink::*, source::*, status::*, window::*};
-use crate::{Duration, secret::SecretRef};
+use crate::{
+    Duration,
+    rules::{self, MAX_PIPELINE_NAME_LENGTH},
+    secret::SecretRef,
+};
 
 /// A windowed stream-processing pipeline: source → transforms → event-time
 /// windows and aggregations → sinks, with checkpoints in object storage.
@@ -36,6 +40,13 @@ use crate::{Duration, secret::SecretRef};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = kube::core::Rule::new("has(self.spec.window) || self.spec.sinks.all(s, has(s.input) && s.input == 'events')")
         .message("spec.window is required when a sink reads window results (input: windows, the default)"),
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, no dots): it names the runners' headless Service"),
+    validation = kube::core::Rule::new(format!("size(self.metadata.name) <= {MAX_PIPELINE_NAME_LENGTH}"))
+        .message(format!("metadata.name must be at most {MAX_PIPELINE_NAME_LENGTH} characters: the runners' StatefulSet adds a revision hash to it in a 63-character label").as_str()),
+    validation = kube::core::Rule::new("!has(self.spec.deadLetter) || !has(self.spec.deadLetter.kafka) || has(self.spec.deadLetter.kafka.bootstrapServers) || has(self.spec.source.kafka) || has(self.spec.source.eventHub)")
+        .message("spec.deadLetter.kafka.bootstrapServers is required when the source is not Kafka or Event Hubs: there are no brokers to reuse")
+        .field_path(".spec.deadLetter.kafka"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StreamPipelineSpec {
@@ -147,6 +158,7 @@ pub struct Transform {
     /// Keep only events for which this CEL expression is true; fields are
     /// top-level variables (`event_type != 'heartbeat'`), the whole event is `event`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
     pub filter: Option<String>,
     /// Add or replace a field with the value of a CEL expression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,10 +173,10 @@ pub struct Transform {
 #[serde(rename_all = "camelCase")]
 pub struct ComputeField {
     /// Name of the field to set.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub field: String,
     /// CEL expression, for example `value * 100` or `event_type + ':' + key`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 4096))]
     pub expression: String,
 }
 
@@ -173,24 +185,24 @@ pub struct ComputeField {
 #[serde(rename_all = "camelCase")]
 pub struct DedupTransform {
     /// Dot-separated path of the id field.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub id_field: String,
-    /// How long, in event time, an id is remembered.
+    /// How long, in event time, an id is remembered; greater than zero.
+    #[x_kube(validation = rules::positive_duration())]
     pub horizon: Duration,
 }
 
 /// Checkpoint storage.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("!self.uri.contains('://') || self.uri.startsWith('s3://') || self.uri.startsWith('gs://') || self.uri.startsWith('az://') || self.uri.startsWith('abfss://') || self.uri.startsWith('file://')")
-    .message("checkpoint.uri must be an s3://, gs://, az://, abfss:// or file:// URI, or a local path")
-    .field_path(".uri"))]
 pub struct CheckpointSpec {
-    /// Location of the checkpoints, for example `s3://checkpoints/clickstream`;
-    /// a local path only makes sense for `sluice-runner run` outside a cluster.
+    /// Location of the checkpoints: an `s3://` or `file://` URI, for example
+    /// `s3://checkpoints/clickstream`; a local path only makes sense for
+    /// `sluice-runner run` outside a cluster.
     #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = rules::object_store_uri())]
     pub uri: String,
-    /// How often window state and offsets are checkpointed.
+    /// How often window state and offsets are checkpointed; `0s` checkpoints after every epoch.
     #[serde(default = "default_checkpoint_interval")]
     pub interval: Duration,
     /// Completed epochs kept; older checkpoint objects are deleted in the background.
@@ -257,15 +269,17 @@ pub struct AlertsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub max_lag: Option<i64>,
-    /// Age of the newest completed checkpoint.
+    /// Age of the newest completed checkpoint; greater than zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = rules::positive_duration())]
     pub max_checkpoint_age: Option<Duration>,
     /// Dead-lettered events per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub max_dead_letter_rate: Option<f64>,
-    /// Webhooks that receive a JSON alert when one fires and when it clears.
+    /// Webhooks that receive a JSON alert when one fires and when it clears (at most 16).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub webhooks: Vec<AlertWebhook>,
 }
 
@@ -273,7 +287,7 @@ pub struct AlertsSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertWebhook {
-    /// Secret key holding the URL.
+    /// Secret key holding the URL, which must be `http://` or `https://`.
     pub url_secret_ref: crate::SecretKeyRef,
 }
 
@@ -284,8 +298,10 @@ pub struct RunnerSpec {
     /// Container image (default: the controller's configured runner image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Compute resources of the runner container.
+    /// Compute resources of the runner container; quantities such as `500m`
+    /// or `2Gi`, as in any pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = rules::quantity_pattern)]
     pub resources: Option<ResourceRequirements>,
     /// Node labels the runner pods must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Duration,
+    rules::{self, MAX_URL_LENGTH},
     secret::{CredentialsRef, SecretKeyRef, SecretRef},
 };
 
@@ -56,15 +57,17 @@ pub struct SinkSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeltaSink {
-    /// Table location: a local path, `file://`, `s3://`, `az://` or `gs://` URI.
-    #[schemars(length(min = 1))]
+    /// Table location: a local path, or a `file://` or `s3://` URI.
+    #[schemars(length(min = 1, max = MAX_URL_LENGTH))]
+    #[x_kube(validation = rules::object_store_uri())]
     pub uri: String,
     /// Secret whose keys are the object store's settings as environment
     /// variables (for example `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
-    /// Columns to partition the table by.
+    /// Columns to partition the table by (at most 16 non-empty names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 255)))]
     pub partition_by: Vec<String>,
 }
 
@@ -73,14 +76,16 @@ pub struct DeltaSink {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClickHouseSink {
-    /// HTTP endpoint, for example `http://clickhouse:8123`.
-    #[schemars(length(min = 1))]
+    /// HTTP endpoint: `http://` or `https://`, for example `http://clickhouse:8123`.
+    #[schemars(length(min = 1, max = MAX_URL_LENGTH))]
+    #[x_kube(validation = rules::http_url())]
     pub url: String,
     /// Database of the table.
     #[serde(default = "default_clickhouse_database")]
+    #[schemars(length(min = 1, max = 255))]
     pub database: String,
     /// Table to insert into.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 255))]
     pub table: String,
     /// User name and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,8 +94,9 @@ pub struct ClickHouseSink {
     #[serde(default = "default_batch_rows")]
     #[schemars(range(min = 1))]
     pub batch_rows: i64,
-    /// Timeout of one request.
+    /// Timeout of one request; greater than zero.
     #[serde(default = "default_sink_timeout")]
+    #[x_kube(validation = rules::positive_duration())]
     pub timeout: Duration,
 }
 
@@ -105,11 +111,14 @@ fn default_clickhouse_database() -> String {
 #[x_kube(validation = kube::core::Rule::new("!(has(self.credentialsSecretRef) && has(self.apiKeySecretRef))")
     .message("set at most one of credentialsSecretRef and apiKeySecretRef"))]
 pub struct ElasticsearchSink {
-    /// Base URL, for example `https://es:9200`.
-    #[schemars(length(min = 1))]
+    /// Base URL: `http://` or `https://`, for example `https://es:9200`.
+    #[schemars(length(min = 1, max = MAX_URL_LENGTH))]
+    #[x_kube(validation = rules::http_url())]
     pub url: String,
-    /// Index to write to.
-    #[schemars(length(min = 1))]
+    /// Index to write to: lower case, none of `\ / * ? " < > | , # :` or
+    /// spaces, not starting with `-`, `_` or `+`, not `.` or `..`, at most 255 bytes.
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = rules::elasticsearch_index())]
     pub index: String,
     /// Basic-auth user name and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,8 +130,9 @@ pub struct ElasticsearchSink {
     #[serde(default = "default_batch_rows")]
     #[schemars(range(min = 1))]
     pub batch_rows: i64,
-    /// Timeout of one request.
+    /// Timeout of one request; greater than zero.
     #[serde(default = "default_sink_timeout")]
+    #[x_kube(validation = rules::positive_duration())]
     pub timeout: Duration,
 }
 
@@ -173,10 +183,12 @@ pub struct DeadLetterSpec {
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetterKafka {
     /// Topic to produce to.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 249))]
     pub topic: String,
-    /// Brokers; unset means the Kafka source's brokers and security settings.
+    /// Brokers; unset means the Kafka or Event Hubs source's brokers and
+    /// security settings (required with any other source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
     pub bootstrap_servers: Option<String>,
 }
 
@@ -184,7 +196,8 @@ pub struct DeadLetterKafka {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetterObjectStore {
-    /// Prefix URI: a local path, `file://`, `s3://`, `az://` or `gs://`.
-    #[schemars(length(min = 1))]
+    /// Prefix URI: a local path, or a `file://` or `s3://` URI.
+    #[schemars(length(min = 1, max = MAX_URL_LENGTH))]
+    #[x_kube(validation = rules::object_store_uri())]
     pub uri: String,
 }

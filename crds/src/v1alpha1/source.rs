@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Duration,
+    rules::{self, MAX_URL_LENGTH},
     secret::{CredentialsRef, SecretKeyRef},
 };
 
@@ -66,14 +67,14 @@ pub struct ReadLimits {
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSource {
     /// Comma-separated `host:port` list of brokers.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 4096))]
     pub bootstrap_servers: String,
-    /// Topics to consume.
-    #[schemars(length(min = 1))]
+    /// Topics to consume (1 to 100 names, each 1 to 249 characters).
+    #[schemars(length(min = 1, max = 100), inner(length(min = 1, max = 249)))]
     pub topics: Vec<String>,
     /// Consumer group that offsets are committed to after each checkpoint, so
     /// that ordinary Kafka lag tools see the pipeline's progress.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 255))]
     pub consumer_group: String,
     /// Where to start when there is no checkpoint. Ignored once a checkpoint exists.
     #[serde(default)]
@@ -87,8 +88,13 @@ pub struct KafkaSource {
     /// SASL authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<KafkaSasl>,
-    /// Extra librdkafka consumer properties (not secrets; those go through secret references).
+    /// Extra librdkafka consumer properties (at most 64). Secrets are refused
+    /// here (`sasl.password`, `sasl.jaas.config`, `sasl.oauthbearer.client.secret`,
+    /// `ssl.key.password`, `ssl.key.pem`, `ssl.keystore.password`,
+    /// `ssl.truststore.password`): they go through `sasl` and `tls` secret references.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64), inner(length(max = 4096)))]
+    #[x_kube(validation = rules::no_secret_kafka_properties())]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -134,14 +140,18 @@ pub struct KafkaSasl {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventHubSource {
-    /// Event Hubs namespace, without the `.servicebus.windows.net` suffix.
-    #[schemars(length(min = 1))]
+    /// Event Hubs namespace name alone (`mynamespace`), without the
+    /// `.servicebus.windows.net` suffix; at most 50 characters.
+    #[schemars(length(min = 1, max = 50))]
+    #[x_kube(validation = kube::core::Rule::new("!self.contains('.')")
+        .message("give the namespace name alone, without .servicebus.windows.net (set endpoint for another cloud or an emulator)"))]
     pub namespace: String,
     /// Event hub (the Kafka topic) to consume.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 256))]
     pub event_hub: String,
     /// Consumer group.
     #[serde(default = "default_event_hub_group")]
+    #[schemars(length(min = 1, max = 256))]
     pub consumer_group: String,
     /// Secret key holding the namespace or event hub connection string.
     pub connection_string_secret_ref: SecretKeyRef,
@@ -153,6 +163,7 @@ pub struct EventHubSource {
     pub limits: ReadLimits,
     /// Override of the broker endpoint (`host:port`), for sovereign clouds or emulators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
     pub endpoint: Option<String>,
 }
 
@@ -175,17 +186,20 @@ pub enum HttpMethod {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestSource {
-    /// URL to poll.
-    #[schemars(length(min = 1))]
+    /// URL to poll: `http://` or `https://`.
+    #[schemars(length(min = 1, max = MAX_URL_LENGTH))]
+    #[x_kube(validation = rules::http_url())]
     pub url: String,
     /// HTTP method.
     #[serde(default)]
     pub method: HttpMethod,
-    /// Request headers; values that are credentials come from Secrets.
+    /// Request headers (at most 32); values that are credentials come from Secrets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub headers: Vec<HttpHeader>,
-    /// How long to wait between polls once the API has no more pages.
+    /// How long to wait between polls once the API has no more pages; greater than zero.
     #[serde(default = "default_poll_interval")]
+    #[x_kube(validation = rules::positive_duration())]
     pub poll_interval: Duration,
     /// Dot-separated path to the array of events in the response body
     /// (for example `data.items`); empty means the body itself is the array.
@@ -194,11 +208,14 @@ pub struct RestSource {
     /// How to ask for the next page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pagination: Option<Pagination>,
-    /// Most requests per second (unset: no limit besides the server's `Retry-After`).
+    /// Most requests per second; 0 or unset means no limit besides the
+    /// server's `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub max_requests_per_second: Option<f64>,
-    /// Timeout of one request.
+    /// Timeout of one request; greater than zero.
     #[serde(default = "default_request_timeout")]
+    #[x_kube(validation = rules::positive_duration())]
     pub timeout: Duration,
 }
 
@@ -215,12 +232,16 @@ fn default_request_timeout() -> Duration {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.value) != has(self.valueFrom)")
     .message("set exactly one of value and valueFrom"))]
+#[x_kube(validation = rules::no_literal_credential_header())]
 pub struct HttpHeader {
     /// Header name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 256))]
     pub name: String,
-    /// Literal value, for headers that are not secret.
+    /// Literal value, for headers that are not secret; `Authorization`,
+    /// `Proxy-Authorization`, `Cookie`, `X-Api-Key`, `Api-Key` and
+    /// `X-Auth-Token` must use `valueFrom`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
     pub value: Option<String>,
     /// Value read from a Secret, for tokens and API keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -293,22 +314,24 @@ pub struct GeneratorSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub total_events: Option<i64>,
-    /// Values of the `event_type` field.
+    /// Values of the `event_type` field (1 to 1000 non-empty names).
     #[serde(default = "default_event_types")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 1000), inner(length(min = 1, max = 253)))]
     pub event_types: Vec<String>,
     /// Number of distinct values of the `key` field.
     #[serde(default = "default_key_count")]
     #[schemars(range(min = 1))]
     pub key_count: i64,
-    /// Event-time distance between consecutive events.
+    /// Event-time distance between consecutive events; greater than zero.
     #[serde(default = "default_event_spacing")]
+    #[x_kube(validation = rules::positive_duration())]
     pub event_spacing: Duration,
     /// Largest amount an event's time may lag behind the newest event (out-of-orderness).
     #[serde(default = "default_max_disorder")]
     pub max_disorder: Duration,
     /// Share of events, from 0 to 1, that arrive far later than the watermark allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub late_fraction: Option<f64>,
     /// Random seed; the same seed produces the same events.
     #[serde(default)]

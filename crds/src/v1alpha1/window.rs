@@ -4,7 +4,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Duration;
+use crate::{Duration, rules};
 
 /// How events are grouped in event time, and what is computed per window and key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -15,6 +15,14 @@ use crate::Duration;
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.session) || !has(self.outputMode) || self.outputMode == 'append'"
 ).message("window.outputMode: update works with tumbling and sliding windows; session windows merge, so use append").field_path(".outputMode"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.aggregations.all(a, !(a.name in ['window_start', 'window_end']) && !(has(self.groupBy) && self.groupBy.exists(g, g.replace('.', '_') == a.name)))"
+).message("an aggregation name must differ from the window columns (window_start, window_end) and from every groupBy column (the path with '.' as '_')")
+    .field_path(".aggregations"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.groupBy) || self.groupBy.all(g, !(g.replace('.', '_') in ['window_start', 'window_end']) && self.groupBy.exists_one(h, h.replace('.', '_') == g.replace('.', '_')))"
+).message("groupBy columns (each path with '.' as '_') must be unique and differ from window_start and window_end")
+    .field_path(".groupBy"))]
 pub struct WindowSpec {
     /// Fixed-size, non-overlapping windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,15 +46,19 @@ pub struct WindowSpec {
     pub output_mode: OutputMode,
     /// An event whose time is further ahead of the runner's clock (when its epoch was
     /// planned) than this is malformed and goes to the dead-letter output: one clock
-    /// error must not move the watermark and close every window early.
+    /// error must not move the watermark and close every window early. Greater than zero.
     #[serde(default = "default_max_event_time_ahead")]
+    #[x_kube(validation = rules::positive_duration())]
     pub max_event_time_ahead: Duration,
-    /// A partition with no new events for this long stops holding the watermark back.
+    /// A partition with no valid event time for this long stops holding the
+    /// watermark back; greater than zero.
     #[serde(default = "default_idle_timeout")]
+    #[x_kube(validation = rules::positive_duration())]
     pub idle_timeout: Duration,
-    /// Event fields (dot-separated paths) whose values form the group key.
+    /// Event fields (dot-separated paths) whose values form the group key; at
+    /// most 16. Each becomes a result column named by the path with `.` as `_`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
     pub group_by: Vec<String>,
     /// Values computed per window and key; at least one.
     #[schemars(length(min = 1, max = 64))]
@@ -114,7 +126,7 @@ pub struct SessionWindow {
     "(has(self.count) ? 1 : 0) + (has(self.sum) ? 1 : 0) + (has(self.min) ? 1 : 0) + (has(self.max) ? 1 : 0) + (has(self.avg) ? 1 : 0) == 1"
 ).message("set exactly one of count, sum, min, max or avg"))]
 pub struct Aggregation {
-    /// Output column name.
+    /// Output column name; not `window_start`, `window_end` or a groupBy column.
     #[schemars(
         length(min = 1, max = 63),
         regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -143,6 +155,7 @@ pub struct Aggregation {
 pub struct CountAggregation {
     /// Count only events that have this field (dot-separated path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub field: Option<String>,
 }
 
@@ -151,6 +164,6 @@ pub struct CountAggregation {
 #[serde(rename_all = "camelCase")]
 pub struct FieldAggregation {
     /// Dot-separated path of the field.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub field: String,
 }
