@@ -3,20 +3,19 @@
 //! kubeconfig names (a local recording HTTP server here), starts watching
 //! StreamPipelines, and exits cleanly on SIGTERM.
 
-
 use std::{
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use crate::common::eventually;
 use axum::{
     Router,
     body::Bytes,
     http::{Method, StatusCode, Uri},
     response::IntoResponse,
 };
-use crate::common::eventually;
 
 /// Answers like an API server with no Lease yet: GET → 404, POST → 201 echoing
 /// the object; everything else 404. Records "METHOD path".

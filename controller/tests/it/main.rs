@@ -1,8 +1,10 @@
 //! One test binary per crate: each integration test module links the crate and
 //! its dependencies once, instead of once per file.
 
-mod common;
 mod binary;
+mod common;
+mod controller_loop;
 mod permissions;
+mod pod_status;
 mod reconcile;
 mod webhooks;

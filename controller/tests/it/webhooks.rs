@@ -1,14 +1,13 @@
 //! Alert webhooks: fire and clear notices reach a local HTTP receiver that
 //! fails at first, without holding up reconciliation.
 
-
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use crate::common::*;
+use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use sluice_controller::alerts::webhook::{AlertNotice, AlertState};
 use sluice_crds::{AlertType, AlertWebhook, PartitionLag, RunnerStatus, SecretKeyRef};
 
