@@ -1,7 +1,11 @@
 //! What every reconcile shares: the API client, settings, the Event recorder,
 //! metrics, the runner status client, the webhook notifier and per-object backoff.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+    time::Duration,
+};
 
 use kube::{
     Client,
@@ -21,6 +25,11 @@ pub const FIELD_MANAGER: &str = "sluice-controller";
 pub struct Settings {
     /// Runner image when a pipeline does not set `spec.runner.image`.
     pub runner_image: String,
+    /// Secrets (in each pipeline's namespace) the kubelet pulls runner images with.
+    pub runner_image_pull_secrets: Vec<String>,
+    /// Annotations of every runner ServiceAccount, e.g. for workload identity
+    /// (`eks.amazonaws.com/role-arn`, `iam.gke.io/gcp-service-account`).
+    pub runner_service_account_annotations: BTreeMap<String, String>,
     /// URL of one runner's `/status`; see [`RunnerStatusClient`] for its placeholders.
     pub status_url_template: String,
     /// How often a healthy pipeline's status is refreshed.
@@ -42,6 +51,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             runner_image: "ghcr.io/sluice-dev/sluice-runner:latest".into(),
+            runner_image_pull_secrets: Vec::new(),
+            runner_service_account_annotations: BTreeMap::new(),
             status_url_template: RunnerStatusClient::IN_CLUSTER_TEMPLATE.into(),
             resync_interval: Duration::from_secs(30),
             status_timeout: Duration::from_secs(3),

@@ -1,15 +1,12 @@
 //! `sluice-controller`: the StreamPipeline operator.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use sluice_controller::{
-    Context, Settings,
-    leader::LeaderElection,
-    metrics::Metrics,
-    run::run,
-    server::{self, Readiness},
+    Settings,
+    run::{Options, start},
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -30,6 +27,19 @@ struct Args {
         default_value = "ghcr.io/sluice-dev/sluice-runner:latest"
     )]
     runner_image: String,
+    /// Image pull Secrets of the runner pods (comma-separated names; each
+    /// must exist in the pipelines' namespaces).
+    #[arg(
+        long,
+        env = "SLUICE_RUNNER_IMAGE_PULL_SECRETS",
+        value_delimiter = ',',
+        num_args = 0..
+    )]
+    runner_image_pull_secrets: Vec<String>,
+    /// Annotations of the runners' ServiceAccounts, as a JSON object (workload
+    /// identity: eks.amazonaws.com/role-arn, iam.gke.io/gcp-service-account, ...).
+    #[arg(long, env = "SLUICE_RUNNER_SERVICE_ACCOUNT_ANNOTATIONS", default_value = "{}", value_parser = annotations)]
+    runner_service_account_annotations: BTreeMap<String, String>,
     /// Watch only this namespace (default: all).
     #[arg(long, env = "SLUICE_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
@@ -55,6 +65,11 @@ struct Args {
     /// Log format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
+}
+
+/// A JSON object of string values.
+fn annotations(text: &str) -> Result<BTreeMap<String, String>, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a JSON object of strings: {e}"))
 }
 
 mod duration_flag {
@@ -93,55 +108,31 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context(
         "cannot configure a Kubernetes client (in-cluster service account or KUBECONFIG)",
     )?;
-    let metrics = Metrics::new().context("cannot register metrics")?;
     let holder = match args.holder_id {
         Some(holder) => holder,
         None => format!("sluice-controller-{}", std::process::id()),
     };
     let settings = Settings {
         runner_image: args.runner_image,
+        runner_image_pull_secrets: args
+            .runner_image_pull_secrets
+            .into_iter()
+            .filter(|name| !name.is_empty())
+            .collect(),
+        runner_service_account_annotations: args.runner_service_account_annotations,
         status_url_template: args.status_url_template,
         resync_interval: args.resync_interval.0,
-        instance: Some(holder.clone()),
         ..Settings::default()
     };
-    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone()));
-
-    let readiness = Readiness::default();
-    let router = server::router(metrics, readiness.clone());
-    let http_addr = args.http_addr;
-    let server = tokio::spawn(async move { server::serve(http_addr, router).await });
-
-    let election = LeaderElection::new(
-        client,
-        &args.lease_namespace,
-        &args.lease_name,
-        &holder,
-        Duration::from_secs(15),
-    );
-    // Standing by is a healthy state: ready as soon as the endpoints answer.
-    readiness.set_ready();
-    tracing::info!(%holder, lease = %args.lease_name, "waiting for leadership");
-    tokio::select! {
-        () = election.acquire() => {}
-        () = terminated() => return Ok(()),
-    }
-    tracing::info!(%holder, "leading; starting the controller");
-    tokio::select! {
-        () = run(ctx, args.watch_namespace.as_deref()) => Ok(()),
-        () = election.hold() => {
-            // Another replica may be reconciling already: stop at once.
-            anyhow::bail!("lost the leader Lease {}", args.lease_name)
-        }
-        result = server => {
-            result.context("HTTP server task failed")?.context("HTTP server failed")?;
-            anyhow::bail!("HTTP server stopped")
-        }
-        () = terminated() => {
-            tracing::info!("terminating");
-            Ok(())
-        }
-    }
+    let options = Options {
+        http_addr: args.http_addr,
+        watch_namespace: args.watch_namespace,
+        lease_name: args.lease_name,
+        lease_namespace: args.lease_namespace,
+        holder,
+        lease_ttl: Duration::from_secs(15),
+    };
+    start(client, settings, options, terminated()).await
 }
 
 /// SIGTERM (from the kubelet) or SIGINT.

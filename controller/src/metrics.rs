@@ -18,6 +18,10 @@ pub struct Metrics {
     pub lag_records: GaugeVec,
     /// Seconds behind (worst partition), per `namespace` and `pipeline`.
     pub lag_seconds: GaugeVec,
+    /// Runners a pipeline should have (0 when suspended), per `namespace` and `pipeline`.
+    pub runners_desired: GaugeVec,
+    /// Runners that answer their `/status` ready, per `namespace` and `pipeline`.
+    pub runners_ready: GaugeVec,
 }
 
 impl Metrics {
@@ -61,6 +65,22 @@ impl Metrics {
             ),
             labels,
         )?;
+        let runners_desired = GaugeVec::new(
+            Opts::new(
+                "sluice_pipeline_runners_desired",
+                "Runners the pipeline should have: spec.parallelism, 0 when suspended",
+            ),
+            labels,
+        )?;
+        let runners_ready = GaugeVec::new(
+            Opts::new(
+                "sluice_pipeline_runners_ready",
+                "Runners that answer their /status and are ready",
+            ),
+            labels,
+        )?;
+        registry.register(Box::new(runners_desired.clone()))?;
+        registry.register(Box::new(runners_ready.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
@@ -73,6 +93,8 @@ impl Metrics {
             reconcile_duration,
             lag_records,
             lag_seconds,
+            runners_desired,
+            runners_ready,
         })
     }
 
@@ -88,6 +110,25 @@ impl Metrics {
                 // Absent series are fine: removal only fails when never set.
                 let _ = self.lag_records.remove_label_values(&labels);
                 let _ = self.lag_seconds.remove_label_values(&labels);
+            }
+        }
+    }
+
+    /// Sets (or, with `None`, removes) a pipeline's (desired, ready) runners.
+    pub fn set_runners(&self, namespace: &str, pipeline: &str, runners: Option<(i32, i32)>) {
+        let labels = [namespace, pipeline];
+        match runners {
+            Some((desired, ready)) => {
+                self.runners_desired
+                    .with_label_values(&labels)
+                    .set(f64::from(desired));
+                self.runners_ready
+                    .with_label_values(&labels)
+                    .set(f64::from(ready));
+            }
+            None => {
+                let _ = self.runners_desired.remove_label_values(&labels);
+                let _ = self.runners_ready.remove_label_values(&labels);
             }
         }
     }

@@ -15,7 +15,8 @@ pub struct Permission {
     pub verbs: &'static [&'static str],
 }
 
-/// The exact set of API calls the controller makes.
+/// The exact set of API calls the controller makes on pipelines and what
+/// they own, in every namespace it watches (leader election: see [`LEASE_BY_NAME`]).
 pub const PERMISSIONS: &[Permission] = &[
     // The watched resource: list+watch drive the controller, patch adds and
     // removes the finalizer.
@@ -54,10 +55,28 @@ pub const PERMISSIONS: &[Permission] = &[
         resources: &["events"],
         verbs: &["create", "patch"],
     },
-    // Leader election.
+    // Runner pods: watched (by label) so that a pod that cannot run (crash
+    // loop, image pull, unschedulable, out of memory) reaches the status at
+    // once, and read by name in each reconcile. Never written.
     Permission {
-        api_group: "coordination.k8s.io",
-        resources: &["leases"],
-        verbs: &["get", "create", "patch"],
+        api_group: "",
+        resources: &["pods"],
+        verbs: &["get", "list", "watch"],
     },
 ];
+
+/// Leader election: only in the controller's own namespace, and only on its
+/// own Lease (`resourceNames`), so it cannot take over another component's
+/// lease. The chart grants these in a Role of its own.
+pub const LEASE_BY_NAME: Permission = Permission {
+    api_group: "coordination.k8s.io",
+    resources: &["leases"],
+    verbs: &["get", "patch"],
+};
+
+/// Creating the Lease the first time: RBAC cannot restrict `create` by name.
+pub const LEASE_CREATE: Permission = Permission {
+    api_group: "coordination.k8s.io",
+    resources: &["leases"],
+    verbs: &["create"],
+};

@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, fmt::Debug, sync::Arc};
 use jiff::Timestamp;
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::{apps::v1::StatefulSet, core::v1::Secret},
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{Pod, Secret},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
@@ -28,10 +31,11 @@ use crate::{
     context::{Context, FIELD_MANAGER},
     error::{self, Error},
     fingerprint::state_fingerprint,
-    render::{self, lineage_uri},
+    render::{self, Names, lineage_uri},
     status::{
         aggregate::{RunnersSummary, aggregate},
         conditions::{self, DEGRADED, Desired, PROGRESSING, READY},
+        pods::{self, PodProblem},
     },
     validate::{self, Invalid},
 };
@@ -143,7 +147,7 @@ async fn apply(pipeline: &StreamPipeline, ctx: &Context, namespace: &str) -> Res
         _ => status.state_fingerprint = Some(fingerprint),
     }
 
-    let rendered = render::render(pipeline, &ctx.settings.runner_image, status.lineage)?;
+    let rendered = render::render(pipeline, &ctx.settings, status.lineage)?;
     server_side_apply(ctx, namespace, &rendered.service_account).await?;
     server_side_apply(ctx, namespace, &rendered.config_map).await?;
     server_side_apply(ctx, namespace, &rendered.service).await?;
@@ -152,19 +156,32 @@ async fn apply(pipeline: &StreamPipeline, ctx: &Context, namespace: &str) -> Res
     if pipeline.spec.suspend {
         suspended(pipeline, &mut status, now);
     } else {
-        let answers = ctx
-            .runners
-            .fetch_all(pipeline, pipeline.spec.parallelism)
-            .await;
+        let (answers, pod_problems) = futures::join!(
+            ctx.runners.fetch_all(pipeline, pipeline.spec.parallelism),
+            runner_pod_problems(pipeline, ctx, namespace, now),
+        );
         running(
             pipeline,
             &mut status,
             &old,
             &aggregate(&answers),
+            &pod_problems?,
             &stateful_set,
             now,
         );
     }
+    ctx.metrics.set_runners(
+        namespace,
+        &pipeline.name_any(),
+        Some((
+            if pipeline.spec.suspend {
+                0
+            } else {
+                pipeline.spec.parallelism
+            },
+            status.ready_replicas,
+        )),
+    );
     condition_events(&old, &status, &mut events);
     let transitions = alerts::transitions(&old.alerts, &status.alerts);
     for alert in &transitions.fired {
@@ -211,6 +228,26 @@ async fn refuse(
     let generation = pipeline.metadata.generation;
     let time = Time(now);
     status.phase = Some(Phase::Failed);
+    // The runners keep the last accepted spec; `suspend` alone is safe to
+    // honour (it only stops them, checkpoints are kept), so it is.
+    let mut message = invalid.message.clone();
+    let runners = if pipeline.spec.suspend {
+        let stopped = suspend_runners(pipeline, ctx, &namespace).await?;
+        no_runners(&mut status);
+        ctx.metrics
+            .set_runners(&namespace, &pipeline.name_any(), Some((0, 0)));
+        if stopped {
+            message.push_str(
+                "; spec.suspend is applied all the same: the runners are stopped (the last accepted spec, \
+                 checkpoints kept)",
+            );
+        } else {
+            message.push_str("; spec.suspend is true: no runners run");
+        }
+        "spec.suspend is true: no runners run, so no alert threshold is evaluated"
+    } else {
+        "not evaluated while the spec is refused (see Ready): the runners keep running the last accepted spec"
+    };
     let progressing = Desired::new(
         PROGRESSING,
         false,
@@ -218,8 +255,16 @@ async fn refuse(
         "waiting for the problem in Ready to be fixed",
     );
     conditions::set(&mut status.conditions, progressing, generation, &time);
-    let ready = Desired::new(READY, false, invalid.reason, invalid.message.clone());
+    let ready = Desired::new(READY, false, invalid.reason, message);
     conditions::set(&mut status.conditions, ready, generation, &time);
+    // An alert or pod problem seen before the refusal is no longer known to
+    // hold: say so rather than keep a stale Degraded=True.
+    let degraded = if pipeline.spec.suspend {
+        Desired::new(DEGRADED, false, invalid.reason, runners)
+    } else {
+        Desired::unknown(DEGRADED, invalid.reason, runners)
+    };
+    conditions::set(&mut status.conditions, degraded, generation, &time);
     let mut events = Events::new();
     condition_events(&old, &status, &mut events);
     write_status(pipeline, ctx, &namespace, &old, &status).await?;
@@ -227,9 +272,50 @@ async fn refuse(
     Ok(Action::requeue(ctx.backoff(pipeline)))
 }
 
-fn suspended(pipeline: &StreamPipeline, status: &mut StreamPipelineStatus, now: Timestamp) {
-    let (generation, time) = (pipeline.metadata.generation, Time(now));
-    status.phase = Some(Phase::Suspended);
+/// Scales the runners of a refused pipeline with `spec.suspend: true` to
+/// zero; false when there is no StatefulSet (nothing ever ran).
+async fn suspend_runners(
+    pipeline: &StreamPipeline,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<bool, Error> {
+    let name = Names::stateful_set(pipeline);
+    let api = Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({"spec": {"replicas": 0}});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(response)) if response.code == 404 => Ok(false),
+        Err(error) => Err(error::api("scale to zero", "StatefulSet", &name)(error)),
+    }
+}
+
+/// The problems of the runner pods `<name>-0 .. <name>-<parallelism - 1>`
+/// (a pod not created yet has none).
+async fn runner_pod_problems(
+    pipeline: &StreamPipeline,
+    ctx: &Context,
+    namespace: &str,
+    now: Timestamp,
+) -> Result<Vec<PodProblem>, Error> {
+    let api = Api::<Pod>::namespaced(ctx.client.clone(), namespace);
+    let names: Vec<String> = (0..pipeline.spec.parallelism)
+        .map(|replica| format!("{}-{replica}", Names::stateful_set(pipeline)))
+        .collect();
+    let found = futures::future::join_all(names.iter().map(|name| api.get_opt(name))).await;
+    let mut problems = Vec::new();
+    for (name, pod) in names.iter().zip(found) {
+        let pod = pod.map_err(error::api("get", "Pod", name))?;
+        problems.extend(pod.and_then(|pod| pods::problem(&pod, now)));
+    }
+    Ok(problems)
+}
+
+/// No runner runs: nothing is measured, no threshold can be exceeded
+/// (the last checkpoint and watermark are kept).
+fn no_runners(status: &mut StreamPipelineStatus) {
     status.replicas = 0;
     status.ready_replicas = 0;
     status.lag = None;
@@ -237,6 +323,12 @@ fn suspended(pipeline: &StreamPipeline, status: &mut StreamPipelineStatus, now: 
     status.dead_letter_per_second = None;
     status.duplicates_per_second = None;
     status.alerts = Vec::new();
+}
+
+fn suspended(pipeline: &StreamPipeline, status: &mut StreamPipelineStatus, now: Timestamp) {
+    let (generation, time) = (pipeline.metadata.generation, Time(now));
+    status.phase = Some(Phase::Suspended);
+    no_runners(status);
     let message = "spec.suspend is true: no runners run; checkpoints are kept and resumed from when it is set back to false";
     for (type_, state) in [(READY, false), (PROGRESSING, false), (DEGRADED, false)] {
         conditions::set(
@@ -253,6 +345,7 @@ fn running(
     status: &mut StreamPipelineStatus,
     old: &StreamPipelineStatus,
     runners: &RunnersSummary,
+    pod_problems: &[PodProblem],
     stateful_set: &StatefulSet,
     now: Timestamp,
 ) {
@@ -270,8 +363,21 @@ fn running(
         .clone()
         .or_else(|| old.last_checkpoint.clone());
     status.alerts = alerts::evaluate(pipeline.spec.alerts.as_ref(), status, &old.alerts, now);
+    // A pod that cannot run says why better than its silent `/status`.
+    let stuck: Vec<&PodProblem> = pod_problems.iter().filter(|p| p.persistent).collect();
 
-    let ready = if runners.ready == desired {
+    let ready = if let Some(first) = pod_problems.first() {
+        let mut message = format!("{}/{desired} runners ready", runners.ready);
+        for problem in pod_problems
+            .iter()
+            .map(|p| &p.message)
+            .chain(&runners.errors)
+        {
+            message.push_str("; ");
+            message.push_str(problem);
+        }
+        Desired::new(READY, false, first.reason, message)
+    } else if runners.ready == desired {
         Desired::new(
             READY,
             true,
@@ -303,12 +409,26 @@ fn running(
         })
     });
     let progressing = match rollout {
+        // Kubernetes' own convention for a rollout that cannot go on.
+        _ if !stuck.is_empty() => Desired::new(
+            PROGRESSING,
+            false,
+            stuck[0].reason,
+            format!("runners cannot start: {}", messages(stuck.iter().copied())),
+        ),
         Some(message) => Desired::new(PROGRESSING, true, "RollingUpdate", message),
         None if runners.ready < desired => Desired::new(
             PROGRESSING,
             true,
-            "RunnersStarting",
-            format!("waiting for runners: {}/{desired} ready", runners.ready),
+            pod_problems.first().map_or("RunnersStarting", |p| p.reason),
+            match pod_problems {
+                [] => format!("waiting for runners: {}/{desired} ready", runners.ready),
+                problems => format!(
+                    "waiting for runners: {}/{desired} ready; {}",
+                    runners.ready,
+                    messages(problems)
+                ),
+            },
         ),
         None => Desired::new(
             PROGRESSING,
@@ -317,14 +437,26 @@ fn running(
             "every runner runs the current spec",
         ),
     };
-    let degraded = if !status.alerts.is_empty() {
-        let message = status
-            .alerts
+    let alert_messages = status
+        .alerts
+        .iter()
+        .map(alerts::describe)
+        .collect::<Vec<_>>();
+    let degraded = if let Some(first) = stuck.first() {
+        let message = stuck
             .iter()
-            .map(alerts::describe)
+            .map(|p| p.message.clone())
+            .chain(alert_messages)
             .collect::<Vec<_>>()
             .join("; ");
-        Desired::new(DEGRADED, true, "AlertThresholdExceeded", message)
+        Desired::new(DEGRADED, true, first.reason, message)
+    } else if !alert_messages.is_empty() {
+        Desired::new(
+            DEGRADED,
+            true,
+            "AlertThresholdExceeded",
+            alert_messages.join("; "),
+        )
     } else if !runners.errors.is_empty() {
         Desired::new(DEGRADED, true, "RunnerError", runners.errors.join("; "))
     } else {
@@ -335,9 +467,9 @@ fn running(
             "no alert threshold exceeded",
         )
     };
-    status.phase = Some(if degraded.status {
+    status.phase = Some(if degraded.is_true() {
         Phase::Degraded
-    } else if ready.status {
+    } else if ready.is_true() {
         Phase::Running
     } else {
         Phase::Pending
@@ -345,6 +477,15 @@ fn running(
     for desired in [ready, progressing, degraded] {
         conditions::set(&mut status.conditions, desired, generation, &time);
     }
+}
+
+/// The messages of `problems`, in one line.
+fn messages<'a>(problems: impl IntoIterator<Item = &'a PodProblem>) -> String {
+    problems
+        .into_iter()
+        .map(|p| p.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Events for changes of the Ready condition (alerts have their own).
@@ -576,5 +717,7 @@ async fn cleanup(
     };
     publish(ctx, pipeline, vec![outcome]).await;
     ctx.metrics.set_lag(namespace, &pipeline.name_any(), None);
+    ctx.metrics
+        .set_runners(namespace, &pipeline.name_any(), None);
     Ok(Action::await_change())
 }

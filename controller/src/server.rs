@@ -1,15 +1,11 @@
 //! The controller's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
-use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
@@ -33,7 +29,7 @@ struct AppState {
     readiness: Readiness,
 }
 
-/// The router; `serve` binds it.
+/// The router; [`crate::run::start`] serves it.
 pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
     Router::new()
         .route(
@@ -52,10 +48,4 @@ pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
             }),
         )
         .with_state(AppState { metrics, readiness })
-}
-
-/// Serves `router` on `address` until the process ends.
-pub async fn serve(address: SocketAddr, router: Router) -> std::io::Result<()> {
-    let listener = TcpListener::bind(address).await?;
-    axum::serve(listener, router).await
 }

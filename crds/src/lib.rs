@@ -18,9 +18,28 @@ pub use secret::{
 };
 pub use v1alpha1::*;
 
+/// Annotations that keep the CRD when the release or Application that
+/// installed it is deleted: deleting a CRD deletes every StreamPipeline in
+/// the cluster. Helm keeps it (`helm uninstall`), Argo CD neither prunes nor
+/// deletes it (`argocd app delete`).
+pub const CRD_ANNOTATIONS: [(&str, &str); 2] = [
+    ("helm.sh/resource-policy", "keep"),
+    (
+        "argocd.argoproj.io/sync-options",
+        "Prune=false,Delete=false",
+    ),
+];
+
 /// The CustomResourceDefinition as YAML, exactly as checked in at
 /// `crds/streampipeline.yaml`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&StreamPipeline::crd())
+    let mut crd = StreamPipeline::crd();
+    crd.metadata.annotations = Some(
+        CRD_ANNOTATIONS
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect(),
+    );
+    serde_yaml::to_string(&crd)
 }

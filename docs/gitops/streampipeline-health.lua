@@ -1,12 +1,16 @@
 -- Argo CD health check for sluice.dev/StreamPipeline.
--- Maps the controller's status to Argo CD health:
+-- Maps the controller's status to Argo CD health (docs/gitops.md has the table):
 --   not yet observed (no status, or status.observedGeneration behind) -> Progressing
---   spec.suspend / phase Suspended                                     -> Suspended
---   Degraded=True, or phase Failed                                     -> Degraded
+--   phase Suspended (the runners are stopped)                          -> Suspended
+--   Degraded=True (a runner pod that cannot run, an alert), or phase
+--   Failed (a refused spec, even with spec.suspend)                    -> Degraded
 --   Ready=True                                                         -> Healthy
---   Ready=False while Progressing=True                                 -> Progressing
---   Ready=False otherwise (e.g. a missing Secret)                      -> Degraded
--- The message is the deciding condition's message.
+--   Ready=False while Progressing=True (starting, rolling, a pod
+--   waiting to be scheduled)                                           -> Progressing
+--   Ready=False otherwise                                              -> Degraded
+-- Only the status decides (spec.suspend with a refused change is not
+-- Suspended). The message is the deciding condition's message.
+-- Runs under Lua 5.1 (Argo CD's) and 5.4 (tests/tests/it/docs.rs runs both).
 local hs = { status = "Progressing", message = "Waiting for the Sluice controller" }
 
 local function condition(conditions, kind)
@@ -35,9 +39,9 @@ local ready = condition(status.conditions, "Ready")
 local progressing = condition(status.conditions, "Progressing")
 local degraded = condition(status.conditions, "Degraded")
 
-if (obj.spec ~= nil and obj.spec.suspend == true) or status.phase == "Suspended" then
+if status.phase == "Suspended" then
   hs.status = "Suspended"
-  hs.message = "Suspended: runners stopped, checkpoints kept"
+  hs.message = ready ~= nil and describe(ready) or "Suspended: runners stopped, checkpoints kept"
 elseif degraded ~= nil and degraded.status == "True" then
   hs.status = "Degraded"
   hs.message = describe(degraded)

@@ -1,5 +1,6 @@
 //! Harnesses that start the real services the tests talk to (S3, Kafka,
-//! ClickHouse) and in-process HTTP test servers (REST API, Elasticsearch `_bulk`).
+//! ClickHouse) and in-process HTTP test servers (REST API, Elasticsearch `_bulk`),
+//! and the command-line tools that check the chart and the docs.
 
 pub mod clickhouse;
 pub mod elasticsearch;
@@ -8,3 +9,4 @@ pub mod moto;
 pub mod net;
 pub mod rest_api;
 pub mod tls;
+pub mod tools;

@@ -44,3 +44,29 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "sluice.runnerImage" -}}
 {{ .Values.runnerImage.repository }}:{{ .Values.runnerImage.tag | default .Chart.AppVersion }}
 {{- end }}
+
+{{/*
+  "true" when this release installs the namespaced part (install: all or
+  namespace). install: namespace needs rbac.scope: namespace, since a
+  ClusterRole is cluster-wide.
+*/}}
+{{- define "sluice.installsNamespaced" -}}
+{{- if and (eq .Values.install "namespace") (eq .Values.rbac.scope "cluster") }}
+{{- fail "install: namespace installs no cluster-wide objects, so it needs rbac.scope: namespace" }}
+{{- end }}
+{{- if ne .Values.install "cluster" }}true{{ end }}
+{{- end }}
+
+{{/* "true" when this release installs the cluster-wide part (install: all or cluster). */}}
+{{- define "sluice.installsClusterWide" -}}
+{{- if ne .Values.install "namespace" }}true{{ end }}
+{{- end }}
+
+{{/* Names of imagePullSecrets, comma-separated, for the runner pods. */}}
+{{- define "sluice.imagePullSecretNames" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}

@@ -24,9 +24,15 @@ pub fn evaluate(
     let Some(thresholds) = thresholds else {
         return Vec::new();
     };
+    // Runners checkpoint after epochs that read data: an idle pipeline that
+    // has caught up (no lag, nothing flowing) is healthy however old its last
+    // checkpoint. The chart's SluiceCheckpointStale alert has the same rule.
+    let pending = status.lag.as_ref().is_some_and(|lag| lag.records > 0)
+        || status.events_per_second.is_some_and(|rate| rate > 0.0);
     let checkpoint_age = status
         .last_checkpoint
         .as_ref()
+        .filter(|_| pending)
         .and_then(|c| c.time.parse::<Timestamp>().ok())
         .map(|time| now.duration_since(time).as_secs_f64());
     let measured = [

@@ -24,7 +24,7 @@ pub use self::{
     secrets::{SecretReference, SecretUse, secret_references},
     stateful_set::{CONFIG_HASH_ANNOTATION, HTTP_PORT},
 };
-use crate::fingerprint::sha256_hex;
+use crate::{Settings, fingerprint::sha256_hex};
 
 /// Label naming the pipeline on every owned object and runner pod.
 pub const PIPELINE_LABEL: &str = "sluice.dev/pipeline";
@@ -57,10 +57,11 @@ impl Names {
     }
 }
 
-/// Renders all owned objects for checkpoint lineage `lineage`.
+/// Renders all owned objects for checkpoint lineage `lineage`, with the
+/// runner defaults of `settings` (image, pull secrets, ServiceAccount annotations).
 pub fn render(
     pipeline: &StreamPipeline,
-    default_image: &str,
+    settings: &Settings,
     lineage: i64,
 ) -> Result<Rendered, serde_yaml::Error> {
     let config_map = config_map::render(pipeline, lineage)?;
@@ -74,9 +75,12 @@ pub fn render(
             .map_or(&[][..], |text| text.as_bytes()),
     );
     Ok(Rendered {
-        service_account: service_account::render(pipeline),
+        service_account: service_account::render(
+            pipeline,
+            &settings.runner_service_account_annotations,
+        ),
         service: service::render(pipeline),
-        stateful_set: stateful_set::render(pipeline, default_image, &config_hash),
+        stateful_set: stateful_set::render(pipeline, settings, &config_hash),
         config_map,
     })
 }

@@ -8,15 +8,18 @@ use k8s_openapi::{
         apps::v1::{StatefulSet, StatefulSetSpec},
         core::v1::{
             Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-            EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource,
-            SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+            EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, LocalObjectReference,
+            ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            SeccompProfile, SecretEnvSource, SecretKeySelector, SecretVolumeSource,
+            SecurityContext, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 use kube::Resource;
 use sluice_crds::{SECRETS_DIR, StreamPipeline, secret_env_var};
+
+use crate::Settings;
 
 use super::{
     CONFIG_FILE, CONFIG_KEY, Names, SecretUse, owned_meta, secret_references, selector_labels,
@@ -28,14 +31,13 @@ pub const HTTP_PORT: i32 = 8080;
 pub const CONFIG_HASH_ANNOTATION: &str = "sluice.dev/config-hash";
 /// The pod-index label the StatefulSet controller puts on each pod.
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
-/// The image's non-root user (distroless `nonroot`).
-const RUNNER_UID: i64 = 65532;
 
 pub(super) fn render(
     pipeline: &StreamPipeline,
-    default_image: &str,
+    settings: &Settings,
     config_hash: &str,
 ) -> StatefulSet {
+    let default_image = settings.runner_image.as_str();
     let spec = &pipeline.spec;
     let replicas = if spec.suspend { 0 } else { spec.parallelism };
     let mut template_meta = owned_meta(pipeline, String::new());
@@ -63,11 +65,20 @@ pub(super) fn render(
                 spec: Some(PodSpec {
                     service_account_name: Some(Names::service_account(pipeline)),
                     automount_service_account_token: Some(false),
+                    image_pull_secrets: (!settings.runner_image_pull_secrets.is_empty()).then(
+                        || {
+                            settings
+                                .runner_image_pull_secrets
+                                .iter()
+                                .map(|name| LocalObjectReference { name: name.clone() })
+                                .collect()
+                        },
+                    ),
+                    // No fixed UID: the image's numeric USER applies, or the one
+                    // the platform assigns (OpenShift's restricted SCC picks one
+                    // per namespace). Secret files are readable by any UID.
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        run_as_user: Some(RUNNER_UID),
-                        run_as_group: Some(RUNNER_UID),
-                        fs_group: Some(RUNNER_UID),
                         seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
@@ -292,7 +303,9 @@ fn volumes(pipeline: &StreamPipeline) -> (Vec<Volume>, Vec<VolumeMount>) {
                         })
                         .collect(),
                 ),
-                default_mode: Some(0o440),
+                // Readable whatever UID the runner gets (no fsGroup); the pod
+                // has one container, which alone mounts them.
+                default_mode: Some(0o444),
                 optional: Some(false),
             }),
             ..Volume::default()

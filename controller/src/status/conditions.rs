@@ -11,7 +11,8 @@ pub const DEGRADED: &str = "Degraded";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     pub type_: &'static str,
-    pub status: bool,
+    /// `None` is `Unknown`: the controller cannot tell.
+    pub status: Option<bool>,
     pub reason: &'static str,
     pub message: String,
 }
@@ -25,10 +26,25 @@ impl Desired {
     ) -> Self {
         Self {
             type_,
-            status,
+            status: Some(status),
             reason,
             message: message.into(),
         }
+    }
+
+    /// A condition whose status is `Unknown`.
+    pub fn unknown(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            status: None,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the status is `True`.
+    pub fn is_true(&self) -> bool {
+        self.status == Some(true)
     }
 }
 
@@ -40,7 +56,11 @@ pub fn set(
     generation: Option<i64>,
     now: &Time,
 ) -> bool {
-    let status = if desired.status { "True" } else { "False" };
+    let status = match desired.status {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
     let existing = conditions.iter_mut().find(|c| c.type_ == desired.type_);
     let changed = existing
         .as_ref()

@@ -2,4 +2,5 @@
 
 pub mod aggregate;
 pub mod conditions;
+pub mod pods;
 pub mod runner;

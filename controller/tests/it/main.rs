@@ -3,6 +3,8 @@
 
 mod binary;
 mod common;
+mod controller_loop;
 mod permissions;
+mod pod_status;
 mod reconcile;
 mod webhooks;

@@ -1,6 +1,8 @@
-//! The controller's API calls equal `PERMISSIONS` (and so the chart's RBAC):
-//! every request it sends in every scenario is recorded on its way to the
-//! in-memory API, and the recorded set must match the list exactly.
+//! The controller's API calls equal `PERMISSIONS` plus the Lease permissions
+//! (and so the chart's RBAC): every request it sends in every scenario is
+//! recorded on its way to the in-memory API, and the recorded set must match
+//! the lists exactly; Lease calls go to its own namespace and, but for
+//! `create`, to its own Lease by name.
 
 use std::{
     collections::BTreeSet,
@@ -10,19 +12,42 @@ use std::{
 
 use crate::common::*;
 use kube::{Api, Client, api::DeleteParams};
-use sluice_controller::{leader::LeaderElection, permissions::PERMISSIONS, run::run};
+use sluice_controller::{
+    leader::LeaderElection,
+    permissions::{LEASE_BY_NAME, LEASE_CREATE, PERMISSIONS},
+    run::run,
+};
 use sluice_crds::StreamPipeline;
 
 /// (API group, resource, verb) triples.
 type Calls = Arc<Mutex<BTreeSet<(String, String, String)>>>;
+/// Lease calls: (verb, namespace, name); the name is empty for create.
+type LeaseCalls = Arc<Mutex<BTreeSet<(String, String, String)>>>;
 
 /// Wraps `inner` so that each request is recorded as the RBAC verbs it
 /// needs, and each server-side apply's path and query string in `applies`.
-fn recording(inner: Client, calls: Calls, applies: Arc<Mutex<Vec<String>>>) -> Client {
+fn recording(
+    inner: Client,
+    calls: Calls,
+    leases: LeaseCalls,
+    applies: Arc<Mutex<Vec<String>>>,
+) -> Client {
     let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-        let (inner, calls, applies) = (inner.clone(), calls.clone(), applies.clone());
+        let (inner, calls, leases, applies) = (
+            inner.clone(),
+            calls.clone(),
+            leases.clone(),
+            applies.clone(),
+        );
         async move {
-            calls.lock().unwrap().extend(rbac_calls(&request));
+            let made = rbac_calls(&request);
+            if let Some(lease) = lease_call(&request) {
+                leases.lock().unwrap().extend(
+                    made.iter()
+                        .map(|(_, _, verb)| (verb.clone(), lease.0.clone(), lease.1.clone())),
+                );
+            }
+            calls.lock().unwrap().extend(made);
             if is_apply(&request) {
                 applies.lock().unwrap().push(request.uri().to_string());
             }
@@ -37,6 +62,18 @@ fn is_apply(request: &http::Request<kube::client::Body>) -> bool {
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes() == b"application/apply-patch+yaml")
+}
+
+/// The (namespace, name) of a request on Leases (name empty for a collection).
+fn lease_call(request: &http::Request<kube::client::Body>) -> Option<(String, String)> {
+    let path = request.uri().path();
+    let rest = path.strip_prefix("/apis/coordination.k8s.io/v1/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["namespaces", namespace, "leases"] => Some(((*namespace).into(), String::new())),
+        ["namespaces", namespace, "leases", name] => Some(((*namespace).into(), (*name).into())),
+        _ => panic!("Lease call outside one namespace: {path}"),
+    }
 }
 
 /// The RBAC (group, resource, verb)s of one request. A server-side apply may
@@ -86,6 +123,7 @@ fn rbac_calls(request: &http::Request<kube::client::Body>) -> Vec<(String, Strin
 #[tokio::test]
 async fn api_calls_are_exactly_the_listed_permissions() {
     let calls = Calls::default();
+    let leases = LeaseCalls::default();
     let applies = Arc::new(Mutex::new(Vec::new()));
     let runners = RunnerStatuses::default();
     let template = runners.serve().await;
@@ -93,7 +131,7 @@ async fn api_calls_are_exactly_the_listed_permissions() {
     let secrets = pipeline_secrets();
     let fake = fake_api(vec![clickstream], secrets.clone()).await;
     let ctx = context(
-        recording(fake.clone(), calls.clone(), applies.clone()),
+        recording(fake.clone(), calls.clone(), leases.clone(), applies.clone()),
         template,
     );
     let secret_api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(fake.clone(), NS);
@@ -135,7 +173,12 @@ async fn api_calls_are_exactly_the_listed_permissions() {
     // Deletion through the finalizer, on a pipeline being deleted.
     let doomed_fake = fake_api(vec![terminating(pipeline("doomed"))], secrets.clone()).await;
     let deleting = context(
-        recording(doomed_fake.clone(), calls.clone(), applies.clone()),
+        recording(
+            doomed_fake.clone(),
+            calls.clone(),
+            leases.clone(),
+            applies.clone(),
+        ),
         runners.serve().await,
     );
     let stored = Api::<StreamPipeline>::namespaced(doomed_fake.clone(), NS)
@@ -164,6 +207,7 @@ async fn api_calls_are_exactly_the_listed_permissions() {
     );
     election.acquire().await;
     let _ = tokio::time::timeout(Duration::from_millis(500), election.hold()).await;
+    election.release().await;
 
     // The Controller's watches: wait until it listed and watched each kind.
     let controller = tokio::spawn(run(ctx.clone(), None));
@@ -173,6 +217,7 @@ async fn api_calls_are_exactly_the_listed_permissions() {
         "statefulsets",
         "services",
         "serviceaccounts",
+        "pods",
     ];
     eventually(
         Duration::from_secs(60),
@@ -195,6 +240,7 @@ async fn api_calls_are_exactly_the_listed_permissions() {
     let made: BTreeSet<(String, String, String)> = calls.lock().unwrap().clone();
     let listed: BTreeSet<(String, String, String)> = PERMISSIONS
         .iter()
+        .chain([&LEASE_BY_NAME, &LEASE_CREATE])
         .flat_map(|p| {
             p.resources.iter().flat_map(move |r| {
                 p.verbs
@@ -213,4 +259,25 @@ async fn api_calls_are_exactly_the_listed_permissions() {
         unused.is_empty(),
         "PERMISSIONS no scenario uses: {unused:?}"
     );
+
+    // Leases: only the controller's own, in its own namespace.
+    let lease_calls = leases.lock().unwrap().clone();
+    let expected: BTreeSet<(String, String, String)> = LEASE_BY_NAME
+        .verbs
+        .iter()
+        .map(|verb| {
+            (
+                verb.to_string(),
+                "sluice-system".into(),
+                "sluice-controller".into(),
+            )
+        })
+        .chain(
+            LEASE_CREATE
+                .verbs
+                .iter()
+                .map(|verb| (verb.to_string(), "sluice-system".into(), String::new())),
+        )
+        .collect();
+    assert_eq!(lease_calls, expected);
 }

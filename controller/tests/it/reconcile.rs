@@ -46,13 +46,7 @@ async fn stateful_set(ctx: &sluice_controller::Context) -> StatefulSet {
 }
 
 async fn edit(ctx: &sluice_controller::Context, change: impl FnOnce(&mut StreamPipeline)) {
-    let mut pipeline = stored(ctx, NAME).await;
-    change(&mut pipeline);
-    pipeline.metadata.managed_fields = None;
-    pipelines(ctx)
-        .replace(NAME, &Default::default(), &pipeline)
-        .await
-        .expect("update pipeline");
+    edit_stored(ctx, NAME, change).await;
 }
 
 fn runner(replica: u32, ready: bool, partitions: Vec<PartitionLag>) -> RunnerStatus {
@@ -861,4 +855,63 @@ async fn delete_removes_checkpoints_when_not_retained() {
             .iter()
             .any(|(_, r, note)| r == "CheckpointsDeleted" && note.contains("deleted 2"))
     );
+}
+
+#[tokio::test]
+async fn runner_pods_get_pull_secrets_workload_identity_and_no_fixed_uid() {
+    let runners = RunnerStatuses::default();
+    let mut settings = settings(runners.serve().await);
+    settings.runner_image_pull_secrets = vec!["registry-creds".into()];
+    settings.runner_service_account_annotations = [(
+        "eks.amazonaws.com/role-arn".to_owned(),
+        "arn:aws:iam::123456789012:role/sluice-runner".to_owned(),
+    )]
+    .into();
+    let client = fake_api(vec![pipeline(NAME)], pipeline_secrets()).await;
+    let ctx = std::sync::Arc::new(sluice_controller::Context::new(
+        client,
+        settings,
+        sluice_controller::metrics::Metrics::new().unwrap(),
+    ));
+    reconcile_settled(&ctx, NAME).await;
+
+    let pod = stateful_set(&ctx)
+        .await
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let pull: Vec<_> = pod
+        .image_pull_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(pull, ["registry-creds"]);
+    // OpenShift's restricted SCC assigns the UID: none is fixed, non-root is required.
+    let security = pod.security_context.unwrap();
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(
+        (
+            security.run_as_user,
+            security.run_as_group,
+            security.fs_group
+        ),
+        (None, None, None)
+    );
+    assert!(
+        pod.containers
+            .iter()
+            .all(|c| c.security_context.as_ref().unwrap().run_as_user.is_none())
+    );
+    let account = Api::<ServiceAccount>::namespaced(ctx.client.clone(), NS)
+        .get("clickstream-runner")
+        .await
+        .unwrap();
+    assert_eq!(
+        account.metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/sluice-runner"
+    );
+    assert_eq!(account.automount_service_account_token, Some(false));
 }

@@ -12,14 +12,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use sluice_controller::permissions::PERMISSIONS;
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ is inside the repository")
         .to_path_buf()
 }
 
-fn chart() -> PathBuf {
+pub fn chart() -> PathBuf {
     repo_root().join("charts/sluice")
 }
 

@@ -1,11 +1,19 @@
 //! Checks that keep the user documentation true: the README's configuration
 //! reference lists exactly the CRD's fields, and the Argo CD and Flux health
-//! checks in docs/gitops* map StreamPipeline statuses to the documented health.
+//! checks in docs/gitops* map the statuses the controller writes (kept by its
+//! tests in tests/fixtures/pipeline-status) to the health docs/gitops.md
+//! documents; the Argo CD script runs under Lua 5.1 (mlua) and the real lua5.4.
 
-use std::{collections::BTreeSet, fs, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::Path,
+    process::Command,
+};
 
 use mlua::{Lua, LuaSerdeExt};
 use serde_json::{Value, json};
+use sluice_tests::tools::{run, tool};
 
 fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -79,6 +87,7 @@ fn readme_reference_lists_exactly_the_crd_fields() {
 
 /// Runs docs/gitops/streampipeline-health.lua the way Argo CD does: the
 /// resource as the global `obj`, the script's return value as the health.
+/// Lua 5.1, the dialect Argo CD embeds (through mlua).
 fn argocd_health(object: &Value) -> (String, String) {
     let lua = Lua::new();
     lua.globals()
@@ -95,141 +104,153 @@ fn argocd_health(object: &Value) -> (String, String) {
     )
 }
 
-fn pipeline(generation: i64, suspend: bool, status: Option<Value>) -> Value {
-    let mut object = json!({
-        "apiVersion": "sluice.dev/v1alpha1",
-        "kind": "StreamPipeline",
-        "metadata": {"name": "clickstream", "namespace": "analytics", "generation": generation},
-        "spec": {"suspend": suspend},
-    });
-    if let Some(status) = status {
-        object["status"] = status;
+/// `value` as a Lua table constructor (or scalar).
+fn lua_literal(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(text) => {
+            let mut quoted = String::from("\"");
+            for c in text.chars() {
+                match c {
+                    '\\' => quoted.push_str("\\\\"),
+                    '"' => quoted.push_str("\\\""),
+                    c if (c as u32) < 0x20 => quoted.push_str(&format!("\\{:03}", c as u32)),
+                    c => quoted.push(c),
+                }
+            }
+            quoted.push('"');
+            quoted
+        }
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua_literal).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(fields) => format!(
+            "{{{}}}",
+            fields
+                .iter()
+                .map(|(k, v)| format!(
+                    "[{}] = {}",
+                    lua_literal(&Value::String(k.clone())),
+                    lua_literal(v)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
-    object
 }
 
-fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
-    json!({"type": kind, "status": status, "reason": reason, "message": message,
-           "lastTransitionTime": "2026-11-24T10:00:00Z", "observedGeneration": 2})
+/// Runs the same script under the real `lua5.4` interpreter (Debian's): a
+/// second dialect, and no embedding of ours in between.
+fn lua54_health(object: &Value) -> (String, String) {
+    let driver = format!(
+        "obj = {}\nlocal hs = assert(loadfile(arg[1]))()\nio.write(hs.status, \"\\n\", hs.message)\n",
+        lua_literal(object)
+    );
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/gitops/streampipeline-health.lua");
+    let output = run(
+        Command::new(tool("lua5.4")).arg("-").arg(&script),
+        Some(&driver),
+    );
+    let (status, message) = output
+        .split_once('\n')
+        .unwrap_or_else(|| panic!("lua5.4 printed {output:?}"));
+    (status.to_owned(), message.to_owned())
 }
 
-fn status(phase: &str, conditions: Vec<Value>) -> Option<Value> {
-    Some(
-        json!({"observedGeneration": 2, "phase": phase, "conditions": conditions,
-                "replicas": 2, "readyReplicas": 2}),
-    )
+/// The statuses the controller tests write (controller/tests/it/pod_status.rs
+/// keeps them in tests/fixtures/pipeline-status), by case name.
+fn controller_statuses() -> BTreeMap<String, Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pipeline-status");
+    fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .map(|path| {
+            let case = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let object = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+            (case, object)
+        })
+        .collect()
 }
 
-/// A StreamPipeline as the controller leaves it (controller/src/reconcile.rs),
-/// and the health each GitOps tool must show for it.
+/// A StreamPipeline in one situation, and what each GitOps tool must show.
 struct Scenario {
-    name: &'static str,
+    name: String,
     pipeline: Value,
     argocd: &'static str,
-    /// The Argo CD message, when it must be the deciding condition's.
+    /// The condition whose message Argo CD must show, if any.
     argocd_message: Option<&'static str>,
     flux: &'static str,
 }
 
+/// What Argo CD and Flux show for each status the controller writes, as
+/// docs/gitops.md's table says: (case, Argo CD health, message from, Flux).
+const EXPECTED: &[(&str, &str, Option<&str>, &str)] = &[
+    ("starting", "Progressing", Some("Progressing"), "InProgress"),
+    ("running", "Healthy", Some("Ready"), "Current"),
+    ("alert-firing", "Degraded", Some("Degraded"), "Failed"),
+    ("crash-loop", "Degraded", Some("Degraded"), "Failed"),
+    ("image-pull", "Degraded", Some("Degraded"), "Failed"),
+    ("oom-killed", "Degraded", Some("Degraded"), "Failed"),
+    (
+        "unschedulable-waiting",
+        "Progressing",
+        Some("Progressing"),
+        "InProgress",
+    ),
+    ("unschedulable", "Degraded", Some("Degraded"), "Failed"),
+    ("missing-secret", "Degraded", Some("Ready"), "Failed"),
+    ("refused-after-alert", "Degraded", Some("Ready"), "Failed"),
+    ("suspended", "Suspended", Some("Ready"), "Current"),
+    ("suspended-refused", "Degraded", Some("Ready"), "Failed"),
+    ("not-observed-yet", "Progressing", None, "InProgress"),
+    ("no-status-yet", "Progressing", None, "InProgress"),
+];
+
 fn scenarios() -> Vec<Scenario> {
-    let ready = condition("Ready", "True", "RunnersReady", "2/2 runners ready");
-    let settled = condition(
-        "Progressing",
-        "False",
-        "RunnersUpToDate",
-        "every runner runs the current spec",
+    let mut statuses = controller_statuses();
+    // Two situations before the controller acted, made from a healthy one.
+    let running = statuses
+        .get("running")
+        .expect("the running fixture")
+        .clone();
+    let mut behind = running.clone();
+    behind["metadata"]["generation"] =
+        json!(running["metadata"]["generation"].as_i64().unwrap() + 1);
+    statuses.insert("not-observed-yet".into(), behind);
+    let mut fresh = running;
+    fresh.as_object_mut().unwrap().remove("status");
+    statuses.insert("no-status-yet".into(), fresh);
+
+    let expected: BTreeSet<&str> = EXPECTED.iter().map(|(case, ..)| *case).collect();
+    let found: BTreeSet<&str> = statuses.keys().map(String::as_str).collect();
+    assert_eq!(
+        found, expected,
+        "every status the controller tests keep needs its expected health here and in docs/gitops.md"
     );
-    let within = condition(
-        "Degraded",
-        "False",
-        "WithinThresholds",
-        "no alert threshold exceeded",
-    );
-    let lag = condition(
-        "Degraded",
-        "True",
-        "AlertThresholdExceeded",
-        "lag 250000 records > maxLag 100000",
-    );
-    let missing = condition(
-        "Ready",
-        "False",
-        "SecretNotFound",
-        "Secret analytics/lake-creds not found",
-    );
-    let refused = condition(
-        "Progressing",
-        "False",
-        "SecretNotFound",
-        "waiting for the problem in Ready to be fixed",
-    );
-    let starting = condition("Ready", "False", "RunnersStarting", "1/2 runners ready");
-    let rolling = condition(
-        "Progressing",
-        "True",
-        "RollingUpdate",
-        "rolling out the new runner configuration: 1/2 replicas updated",
-    );
-    let suspended = condition("Ready", "False", "Suspended", "spec.suspend is true");
-    let healthy = vec![ready.clone(), settled.clone(), within.clone()];
-    let scenario = |name, pipeline, argocd, argocd_message, flux| Scenario {
-        name,
-        pipeline,
-        argocd,
-        argocd_message,
-        flux,
-    };
-    vec![
-        scenario(
-            "no status yet",
-            pipeline(2, false, None),
-            "Progressing",
-            None,
-            "InProgress",
-        ),
-        scenario(
-            "generation 3 not observed",
-            pipeline(3, false, status("Running", healthy.clone())),
-            "Progressing",
-            None,
-            "InProgress",
-        ),
-        scenario(
-            "ready",
-            pipeline(2, false, status("Running", healthy)),
-            "Healthy",
-            Some("2/2 runners ready"),
-            "Current",
-        ),
-        scenario(
-            "alert firing",
-            pipeline(2, false, status("Degraded", vec![ready, settled, lag])),
-            "Degraded",
-            Some("lag 250000 records > maxLag 100000"),
-            "Failed",
-        ),
-        scenario(
-            "missing Secret",
-            pipeline(2, false, status("Failed", vec![missing, refused])),
-            "Degraded",
-            Some("Secret analytics/lake-creds not found"),
-            "Failed",
-        ),
-        scenario(
-            "runners rolling",
-            pipeline(2, false, status("Pending", vec![starting, rolling, within])),
-            "Progressing",
-            Some("rolling out the new runner configuration: 1/2 replicas updated"),
-            "InProgress",
-        ),
-        scenario(
-            "suspended",
-            pipeline(2, true, status("Suspended", vec![suspended])),
-            "Suspended",
-            None,
-            "Current",
-        ),
-    ]
+    EXPECTED
+        .iter()
+        .map(|(case, argocd, message, flux)| Scenario {
+            name: (*case).to_owned(),
+            pipeline: statuses[*case].clone(),
+            argocd,
+            argocd_message: *message,
+            flux,
+        })
+        .collect()
+}
+
+fn condition_message(pipeline: &Value, kind: &str) -> String {
+    pipeline["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == kind))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_else(|| panic!("no {kind} condition in {pipeline}"))
+        .to_owned()
 }
 
 #[test]
@@ -237,9 +258,70 @@ fn argocd_health_follows_the_documented_mapping() {
     for scenario in scenarios() {
         let (health, message) = argocd_health(&scenario.pipeline);
         assert_eq!(health, scenario.argocd, "{}: {message}", scenario.name);
-        if let Some(expected) = scenario.argocd_message {
-            assert_eq!(message, expected, "{}", scenario.name);
+        if let Some(kind) = scenario.argocd_message {
+            assert_eq!(
+                message,
+                condition_message(&scenario.pipeline, kind),
+                "{}",
+                scenario.name
+            );
         }
+    }
+}
+
+#[test]
+fn argocd_health_script_runs_under_lua_5_4_with_the_same_answers() {
+    for scenario in scenarios() {
+        let (health, message) = lua54_health(&scenario.pipeline);
+        assert_eq!(health, scenario.argocd, "{}: {message}", scenario.name);
+        assert_eq!(
+            (health, message),
+            argocd_health(&scenario.pipeline),
+            "{}: Lua 5.4 and 5.1 disagree",
+            scenario.name
+        );
+    }
+}
+
+/// docs/gitops.md's table: `| `case` | ... | Argo CD | Flux |` rows.
+#[test]
+fn gitops_doc_table_says_what_each_tool_shows_in_each_case() {
+    let doc = read("docs/gitops.md");
+    let rows: BTreeMap<String, Vec<String>> = doc
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| {
+            let (case, rest) = rest.split_once('`')?;
+            let cells = rest
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect::<Vec<_>>();
+            Some((case.to_owned(), cells))
+        })
+        .collect();
+    for scenario in scenarios() {
+        let cells = rows
+            .get(&scenario.name)
+            .unwrap_or_else(|| panic!("docs/gitops.md has no row for `{}`", scenario.name));
+        let cells: Vec<&str> = cells
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let argocd = cells[cells.len() - 2];
+        let flux = cells[cells.len() - 1];
+        assert!(
+            argocd.starts_with(scenario.argocd),
+            "docs/gitops.md `{}`: Argo CD shows {}, the page says {argocd:?}",
+            scenario.name,
+            scenario.argocd
+        );
+        assert!(
+            flux.starts_with(scenario.flux),
+            "docs/gitops.md `{}`: Flux shows {}, the page says {flux:?}",
+            scenario.name,
+            scenario.flux
+        );
     }
 }
 
@@ -248,6 +330,7 @@ fn flux_health_expressions() -> Value {
     let doc = read("docs/gitops.md");
     let block = doc
         .split("```yaml")
+        .skip(1)
         .filter_map(|rest| rest.split("```").next())
         .find(|block| block.contains("healthCheckExprs"))
         .expect("docs/gitops.md has a Kustomization with healthCheckExprs");

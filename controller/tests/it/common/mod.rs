@@ -157,6 +157,17 @@ pub fn pipelines(ctx: &Context) -> Api<StreamPipeline> {
     Api::namespaced(ctx.client.clone(), NS)
 }
 
+/// Changes the stored `name` as `kubectl apply` of an edited manifest would.
+pub async fn edit_stored(ctx: &Context, name: &str, change: impl FnOnce(&mut StreamPipeline)) {
+    let mut pipeline = stored(ctx, name).await;
+    change(&mut pipeline);
+    pipeline.metadata.managed_fields = None;
+    pipelines(ctx)
+        .replace(name, &Default::default(), &pipeline)
+        .await
+        .expect("update pipeline");
+}
+
 pub async fn stored(ctx: &Context, name: &str) -> StreamPipeline {
     pipelines(ctx).get(name).await.expect("stored pipeline")
 }
@@ -237,6 +248,16 @@ impl RunnerStatuses {
         self.0.lock().unwrap().insert(pod.to_owned(), status);
     }
 
+    /// `pod` stops answering (503).
+    pub fn remove(&self, pod: &str) {
+        self.0.lock().unwrap().remove(pod);
+    }
+
+    /// No pod answers.
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+
     /// Serves on a free port of 127.0.0.1; returns the URL template for [`Settings`].
     pub async fn serve(&self) -> String {
         async fn status(
@@ -254,4 +275,149 @@ impl RunnerStatuses {
         tokio::spawn(async move { axum::serve(listener, router).await });
         format!("http://{address}/{{namespace}}/{{pod}}/status")
     }
+}
+
+/// Runner pod `name` as the StatefulSet controller creates it (the labels of
+/// the stored StatefulSet's pod template, a 512Mi memory limit) with `status`
+/// (a PodStatus as JSON) as the kubelet or scheduler reports it.
+pub async fn put_runner_pod(client: &Client, name: &str, status: serde_json::Value) {
+    use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
+    let pipeline = name.rsplit_once('-').expect("<pipeline>-<replica>").0;
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), NS)
+        .get(pipeline)
+        .await
+        .expect("the controller applied the StatefulSet");
+    let labels = sts
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .expect("pod template labels");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {"containers": [{
+            "name": "runner",
+            "image": "sluice-runner:test",
+            "resources": {"limits": {"memory": "512Mi"}},
+        }]},
+        "status": status,
+    }))
+    .expect("a Pod");
+    let pods = Api::<Pod>::namespaced(client.clone(), NS);
+    if pods.get_opt(name).await.expect("get pod").is_some() {
+        pods.delete(name, &Default::default())
+            .await
+            .expect("delete pod");
+    }
+    pods.create(&Default::default(), &pod)
+        .await
+        .expect("create pod");
+}
+
+/// A PodStatus whose `runner` container is waiting with `reason`/`message`,
+/// after `last_exit` (a ContainerStateTerminated as JSON), if any.
+pub fn waiting_pod_status(
+    reason: &str,
+    message: &str,
+    last_exit: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut container = serde_json::json!({
+        "name": "runner",
+        "image": "sluice-runner:test",
+        "imageID": "",
+        "ready": false,
+        "restartCount": if last_exit.is_some() { 5 } else { 0 },
+        "state": {"waiting": {"reason": reason, "message": message}},
+    });
+    if let Some(exit) = last_exit {
+        container["lastState"] = serde_json::json!({"terminated": exit});
+    }
+    serde_json::json!({
+        "phase": if container["restartCount"] == 0 { "Pending" } else { "Running" },
+        "containerStatuses": [container],
+    })
+}
+
+/// A PodStatus of a running, ready runner.
+pub fn running_pod_status() -> serde_json::Value {
+    serde_json::json!({
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [{
+            "name": "runner", "image": "sluice-runner:test", "imageID": "",
+            "ready": true, "restartCount": 0,
+            "state": {"running": {"startedAt": "2026-11-24T10:00:00Z"}},
+        }],
+    })
+}
+
+/// Where the statuses the controller tests produce are kept: the GitOps
+/// health checks of docs/gitops are tested against these very files
+/// (tests/tests/it/docs.rs).
+pub fn status_fixture_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/pipeline-status")
+}
+
+/// `pipeline` as a GitOps tool sees it, without what changes from run to run
+/// (timestamps, the runners' local status URL): what its health depends on.
+pub fn health_view(pipeline: &StreamPipeline, status_url_template: &str) -> serde_json::Value {
+    let base = status_url_template
+        .split("/{namespace}")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let status = pipeline.status.clone().unwrap_or_default();
+    let conditions: Vec<serde_json::Value> = status
+        .conditions
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "type": c.type_,
+                "status": c.status,
+                "reason": c.reason,
+                "message": c.message.replace(&base, "http://runner-status"),
+                "observedGeneration": c.observed_generation,
+                "lastTransitionTime": "2026-11-24T10:00:00Z",
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "StreamPipeline",
+        "metadata": {
+            "name": pipeline.metadata.name,
+            "namespace": pipeline.metadata.namespace,
+            "generation": pipeline.metadata.generation,
+        },
+        "spec": {"suspend": pipeline.spec.suspend},
+        "status": {
+            "observedGeneration": status.observed_generation,
+            "phase": status.phase,
+            "conditions": conditions,
+            "replicas": status.replicas,
+            "readyReplicas": status.ready_replicas,
+        },
+    })
+}
+
+/// Checks that the stored `name`'s [`health_view`] equals
+/// tests/fixtures/pipeline-status/`case`.json; `SLUICE_BLESS=1` writes it instead.
+pub async fn assert_status_fixture(ctx: &Context, name: &str, case: &str) {
+    let view = health_view(&stored(ctx, name).await, &ctx.settings.status_url_template);
+    let path = status_fixture_dir().join(format!("{case}.json"));
+    let text = serde_json::to_string_pretty(&view).unwrap() + "\n";
+    if std::env::var_os("SLUICE_BLESS").is_some() {
+        std::fs::create_dir_all(status_fixture_dir()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let kept = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        kept == text,
+        "{} differs from what the controller writes now:\n{text}\n\
+         If the change is intended, run the controller tests with SLUICE_BLESS=1 and check \
+         docs/gitops.md and tests/tests/it/docs.rs still say what GitOps tools show.",
+        path.display()
+    );
 }
