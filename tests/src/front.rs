@@ -93,7 +93,11 @@ impl Front {
     fn wait_for(&self, serving: bool) -> io::Result<()> {
         let mut state = self.state.clone();
         let result = futures::executor::block_on(
-            state.wait_for(|state| state.as_ref().map_or(true, |s| *s == serving)),
+            // Done when it serves as asked, or when it failed to.
+            state.wait_for(|state| match state {
+                Ok(now) => *now == serving,
+                Err(_) => true,
+            }),
         )
         .map(|state| state.clone());
         match result {
