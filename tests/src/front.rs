@@ -141,11 +141,11 @@ async fn serve(
         let listener = match listener {
             Ok(listener) => listener,
             Err(error) => {
-                state.send_replace(Err(format!("listening on {address} again: {error}")));
+                let _ = state.send_replace(Err(format!("listening on {address} again: {error}")));
                 return;
             }
         };
-        state.send_replace(Ok(true));
+        let _ = state.send_replace(Ok(true));
         let mut connections = JoinSet::new();
         loop {
             tokio::select! {
@@ -160,7 +160,7 @@ async fn serve(
         // Refuse new connections, then close the open ones.
         drop(listener);
         connections.shutdown().await;
-        state.send_replace(Ok(false));
+        let _ = state.send_replace(Ok(false));
     }
 }
 
