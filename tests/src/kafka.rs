@@ -2,6 +2,11 @@
 //! installed from crates.io by `tests/scripts/setup.d/20-tansu.sh` and run
 //! here as a child process on 127.0.0.1.
 //!
+//! Clients reach it through a [`Front`] on the port it advertises, which
+//! forwards each connection to tansu's own port (terminating TLS first for a
+//! TLS broker) and can cut the broker off for an outage while it keeps its
+//! data ([`KafkaBroker::cut_off`], [`KafkaBroker::restore`]).
+//!
 //! Topics live in a SQLite file in the broker's work folder (tansu's `libsql`
 //! engine), so a broker that is killed and started again has its records and
 //! consumer-group offsets back. tansu's `memory://` engine is not used: it
@@ -17,7 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::tls::{TestCa, TlsError, TlsFront};
+use crate::{
+    front::Front,
+    tls::{TestCa, TlsError},
+};
 use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -68,20 +76,20 @@ pub struct ScramLogin {
     pub password: String,
 }
 
-/// TLS in front of the broker: tansu 0.6 accepts `--cert`/`--key` but never
-/// wraps its connections, so a [`TlsFront`] terminates TLS and forwards to it.
+/// The CA of a broker reached over TLS: tansu 0.6 accepts `--cert`/`--key`
+/// but never wraps its connections, so its [`Front`] terminates TLS.
 struct BrokerTls {
-    /// Serves as long as the broker lives.
-    _front: TlsFront,
     ca_pem: String,
     ca_file: PathBuf,
 }
 
-/// A running tansu broker; killed when dropped.
+/// A running tansu broker behind a [`Front`]; killed when dropped.
 pub struct KafkaBroker {
-    /// The port clients connect to (and the broker advertises).
-    port: u16,
-    /// The port tansu listens on: `port`, unless a TLS front is in between.
+    /// Clients connect to the front, which the broker advertises and which
+    /// forwards to tansu (terminating TLS first for a TLS broker); cutting
+    /// it off is an outage as clients see it ([`KafkaBroker::cut_off`]).
+    front: Front,
+    /// The port tansu itself listens on.
     listen_port: u16,
     workdir: tempfile::TempDir,
     child: Option<Child>,
@@ -93,7 +101,7 @@ pub struct KafkaBroker {
 impl KafkaBroker {
     /// Starts a broker on a free port and waits until it answers.
     pub fn start() -> Result<Self, BrokerError> {
-        let mut broker = Self::unstarted()?;
+        let mut broker = Self::unstarted(None)?;
         broker.spawn()?;
         Ok(broker)
     }
@@ -102,17 +110,14 @@ impl KafkaBroker {
     /// 127.0.0.1 signed by a CA made for this broker ([`KafkaBroker::ca_pem`]);
     /// the harness's own clients trust that CA.
     pub fn start_with_tls() -> Result<Self, BrokerError> {
-        let mut broker = Self::unstarted()?;
         let ca = TestCa::new()?;
-        let front = TlsFront::start(&ca, broker.listen_port)?;
+        let mut broker = Self::unstarted(Some(&ca))?;
         let ca_file = broker.workdir.path().join("ca.crt");
         std::fs::write(&ca_file, ca.ca_pem()).map_err(|source| BrokerError::Io {
             action: "writing the CA certificate".into(),
             source,
         })?;
-        broker.port = front.port();
         broker.tls = Some(BrokerTls {
-            _front: front,
             ca_pem: ca.ca_pem().to_owned(),
             ca_file,
         });
@@ -120,15 +125,25 @@ impl KafkaBroker {
         Ok(broker)
     }
 
-    fn unstarted() -> Result<Self, BrokerError> {
+    /// The work folder, tansu's port and the front before it (a TLS front
+    /// when `ca` is given); the broker itself is not started yet.
+    fn unstarted(ca: Option<&TestCa>) -> Result<Self, BrokerError> {
         let workdir = tempfile::tempdir().map_err(|source| BrokerError::Io {
             action: "creating the broker's work folder".into(),
             source,
         })?;
-        let port = crate::net::free_port();
+        let listen_port = crate::net::free_port();
+        let front = match ca {
+            Some(ca) => Front::tls(ca.acceptor()?, listen_port),
+            None => Front::plain(listen_port),
+        }
+        .map_err(|source| BrokerError::Io {
+            action: "starting the broker's front".into(),
+            source,
+        })?;
         Ok(Self {
-            port,
-            listen_port: port,
+            front,
+            listen_port,
             workdir,
             child: None,
             login: None,
@@ -171,7 +186,26 @@ impl KafkaBroker {
 
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap_servers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.front.port())
+    }
+
+    /// A broker outage as clients see it: every open connection is closed
+    /// and new ones are refused until [`KafkaBroker::restore`], while the
+    /// broker itself keeps running with its records and group offsets.
+    /// Outages can be repeated; unlike [`KafkaBroker::kill`] they depend on
+    /// nothing the broker keeps across a restart of its own.
+    pub fn cut_off(&self) {
+        self.front.cut_off();
+    }
+
+    /// Ends an outage begun by [`KafkaBroker::cut_off`] and waits until the
+    /// broker answers through its port again.
+    pub fn restore(&mut self) -> Result<(), BrokerError> {
+        self.front.restore().map_err(|source| BrokerError::Io {
+            action: "listening on the broker's port again".into(),
+            source,
+        })?;
+        self.wait_ready()
     }
 
     /// Kills the broker (SIGKILL) and starts it again on the same port with
@@ -181,9 +215,10 @@ impl KafkaBroker {
         self.start_again()
     }
 
-    /// Kills the broker (SIGKILL): clients see connections refused until
-    /// [`KafkaBroker::start_again`].
+    /// Kills the broker (SIGKILL): clients see their connections closed and
+    /// new ones refused until [`KafkaBroker::start_again`].
     pub fn kill(&mut self) {
+        self.front.cut_off();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -333,7 +368,7 @@ impl KafkaBroker {
             source,
         })?;
         let listener = format!("tcp://127.0.0.1:{}", self.listen_port);
-        let advertised = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.front.port());
         let mut command = Command::new(&binary);
         command
             .args([
@@ -356,6 +391,10 @@ impl KafkaBroker {
             source,
         })?;
         self.child = Some(child);
+        self.front.restore().map_err(|source| BrokerError::Io {
+            action: "listening on the broker's port again".into(),
+            source,
+        })?;
         self.wait_ready()
     }
 
@@ -377,7 +416,7 @@ impl KafkaBroker {
             }
             if started.elapsed() > READY_TIMEOUT {
                 return Err(BrokerError::NotReady {
-                    port: self.port,
+                    port: self.front.port(),
                     waited: started.elapsed(),
                     log: self.log(),
                 });
@@ -387,7 +426,7 @@ impl KafkaBroker {
     }
 
     fn answers_metadata(&self) -> bool {
-        if TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, self.listen_port)).is_err() {
             return false;
         }
         let Ok(consumer) = self.client_config().create::<BaseConsumer>() else {

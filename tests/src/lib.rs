@@ -4,6 +4,7 @@
 
 pub mod clickhouse;
 pub mod elasticsearch;
+pub mod front;
 pub mod kafka;
 pub mod moto;
 pub mod net;
