@@ -4,7 +4,10 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sluice_crds::{Aggregation, SessionWindow, SlidingWindow, StreamPipelineSpec, TumblingWindow};
+use sluice_crds::{
+    Aggregation, DEFAULT_KEY_GROUPS, SessionWindow, SlidingWindow, StreamPipelineSpec,
+    TumblingWindow,
+};
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -26,6 +29,10 @@ struct StateShape<'a> {
     session: Option<&'a SessionWindow>,
     group_by: &'a [String],
     aggregations: &'a [Aggregation],
+    /// Key groups partition window state (`spec.keyGroups`); left out at the
+    /// default, so that pipelines from before key groups keep their fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_groups: Option<i32>,
     /// Left out when empty, so that specs without dedup keep the fingerprint
     /// they had before dedup existed (and their pipelines keep running).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -58,6 +65,7 @@ pub fn state_fingerprint(spec: &StreamPipelineSpec) -> String {
             session: w.session.as_ref(),
             group_by: &w.group_by,
             aggregations: &w.aggregations,
+            key_groups: (spec.key_groups != DEFAULT_KEY_GROUPS).then_some(spec.key_groups),
             dedup,
         }),
         None if dedup.is_empty() => None,
@@ -67,6 +75,7 @@ pub fn state_fingerprint(spec: &StreamPipelineSpec) -> String {
             session: None,
             group_by: &[],
             aggregations: &[],
+            key_groups: None,
             dedup,
         }),
     };

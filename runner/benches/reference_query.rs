@@ -90,6 +90,7 @@ spec:
         pipeline: "bench".into(),
         replica: 0,
         replicas: 1,
+        repartition_topic: String::new(),
     };
     let pipeline = Pipeline::from_spec(&spec, identity, Arc::clone(&telemetry))?;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);

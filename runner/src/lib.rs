@@ -11,6 +11,7 @@ pub mod http;
 pub mod pipeline;
 pub mod secrets;
 pub mod server;
+pub mod shuffle;
 pub mod sink;
 pub mod source;
 pub mod storage;

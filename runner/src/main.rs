@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_crds::{StreamPipeline, StreamPipelineSpec};
 use sluice_runner::{
-    pipeline::{Pipeline, RunSummary, RunnerIdentity, rfc3339},
+    pipeline::{Job, RunSummary, RunnerIdentity, rfc3339},
     server,
     sink::delta::read_table,
     telemetry::Telemetry,
@@ -121,12 +121,14 @@ async fn run(args: RunArgs, manifest: StreamPipeline, interactive: bool) -> anyh
         "--replica {} must be below the number of replicas ({replicas})",
         args.replica
     );
+    let namespace = manifest.metadata.namespace.as_deref().unwrap_or("default");
+    let name = manifest.metadata.name.as_deref().unwrap_or("pipeline");
     let pipeline_uid = args.pipeline_uid.clone().unwrap_or_else(|| {
-        manifest.metadata.uid.clone().unwrap_or_else(|| {
-            let namespace = manifest.metadata.namespace.as_deref().unwrap_or("default");
-            let name = manifest.metadata.name.as_deref().unwrap_or("pipeline");
-            format!("{namespace}.{name}")
-        })
+        manifest
+            .metadata
+            .uid
+            .clone()
+            .unwrap_or_else(|| format!("{namespace}.{name}"))
     });
     let telemetry = Arc::new(Telemetry::new(args.replica, replicas)?);
     let address = server::serve(args.listen, telemetry.clone())
@@ -137,8 +139,9 @@ async fn run(args: RunArgs, manifest: StreamPipeline, interactive: bool) -> anyh
         pipeline: pipeline_uid,
         replica: args.replica,
         replicas,
+        repartition_topic: format!("sluice-{namespace}-{name}-keygroups"),
     };
-    let pipeline = Pipeline::from_spec(spec, identity, telemetry.clone())?;
+    let job = Job::from_spec(spec, identity, telemetry.clone()).await?;
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -146,7 +149,7 @@ async fn run(args: RunArgs, manifest: StreamPipeline, interactive: bool) -> anyh
         let _ = stop_tx.send(true);
     });
     let progress = interactive.then(|| tokio::spawn(show_progress(telemetry.clone())));
-    let result = pipeline.run(stop).await;
+    let result = job.run(stop).await;
     if let Some(progress) = progress {
         progress.abort();
         eprintln!();

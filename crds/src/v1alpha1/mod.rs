@@ -47,6 +47,9 @@ use crate::{
     validation = kube::core::Rule::new("!has(self.spec.deadLetter) || !has(self.spec.deadLetter.kafka) || has(self.spec.deadLetter.kafka.bootstrapServers) || has(self.spec.source.kafka) || has(self.spec.source.eventHub)")
         .message("spec.deadLetter.kafka.bootstrapServers is required when the source is not Kafka or Event Hubs: there are no brokers to reuse")
         .field_path(".spec.deadLetter.kafka"),
+    validation = kube::core::Rule::new("!has(self.spec.window) || !has(self.spec.parallelism) || !has(self.spec.keyGroups) || self.spec.parallelism <= self.spec.keyGroups")
+        .message("spec.parallelism must be at most spec.keyGroups: a replica without key groups would have no window work")
+        .field_path(".spec.parallelism"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StreamPipelineSpec {
@@ -78,10 +81,20 @@ pub struct StreamPipelineSpec {
     /// How often an epoch (micro-batch) starts.
     #[serde(default)]
     pub trigger: TriggerSpec,
-    /// Number of runner replicas; each owns a disjoint share of the source's partitions.
+    /// Number of runner replicas; each owns a disjoint share of the source's partitions
+    /// (replica i reads partitions p with p % parallelism == i) and of the key groups.
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 1, max = 1024))]
     pub parallelism: i32,
+    /// Number of key groups windows are computed in, and so the most replicas that share
+    /// window work: with a Kafka source, `spec.window` and more than one replica, each
+    /// replica pre-aggregates what it reads and sends it by group key to the key group's
+    /// partition of a repartition topic the runner creates (`sluice-<namespace>-<name>-keygroups`,
+    /// one partition per key group), and aggregates the key groups it owns. Part of the
+    /// window state: changing it needs `upgradePolicy: reset`.
+    #[serde(default = "default_key_groups")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub key_groups: i32,
     /// Stop all runners, keeping checkpoints, until set back to false.
     #[serde(default)]
     pub suspend: bool,
@@ -98,6 +111,13 @@ pub struct StreamPipelineSpec {
 
 fn default_parallelism() -> i32 {
     1
+}
+
+/// `spec.keyGroups` when unset.
+pub const DEFAULT_KEY_GROUPS: i32 = 32;
+
+fn default_key_groups() -> i32 {
+    DEFAULT_KEY_GROUPS
 }
 
 /// Event encoding.

@@ -2,11 +2,13 @@
 //! checkpoints (end positions, watermark, window state, ids remembered by
 //! dedup transforms) of completed epochs.
 //!
-//! Layout under the checkpoint URI, one lineage per replica:
-//! `replica-<r>/plans/<epoch>.json` and `replica-<r>/checkpoints/<epoch>.json`,
-//! epochs zero-padded to 20 digits so that names sort by epoch. Every object
-//! is written once (`PutMode::Create`): a second runner that believes it owns
-//! the same replica fails on its first plan instead of corrupting the lineage.
+//! Layout under the checkpoint URI, one lineage per [`Lane`]:
+//! `<lane>/plans/<epoch>.json` and `<lane>/checkpoints/<epoch>.json`, where
+//! `<lane>` is `replica-<r>` (a replica's source stage, or its whole pipeline)
+//! or `keygroups-replica-<r>` (its key-group stage), epochs zero-padded to 20
+//! digits so that names sort by epoch. Every object is written once
+//! (`PutMode::Create`): a second runner that believes it owns the same replica
+//! fails on its first plan instead of corrupting the lineage.
 
 use std::sync::Arc;
 
@@ -16,10 +18,48 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, path::Path}
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    shuffle::KeyGroupsState,
     source::{PartitionId, PartitionRange, Positions},
     transform::DedupState,
     window::WindowState,
 };
+
+/// Whose epoch sequence: a replica's (its source stage, or its whole pipeline
+/// when it computes windows itself) or a replica's key-group stage. Each has
+/// its own plans, checkpoints, dead-letter objects and sink writer ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Replica(u32),
+    KeyGroups(u32),
+}
+
+impl Lane {
+    /// The folder of its plans, checkpoints and dead-letter objects.
+    pub fn folder(&self) -> String {
+        match self {
+            Self::Replica(replica) => format!("replica-{replica}"),
+            Self::KeyGroups(replica) => format!("keygroups-replica-{replica}"),
+        }
+    }
+
+    /// Its part of sink writer ids; a replica's is its bare index, as in the
+    /// writes of earlier versions.
+    pub fn writer(&self) -> String {
+        match self {
+            Self::Replica(replica) => replica.to_string(),
+            Self::KeyGroups(replica) => format!("keygroups-{replica}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Replica(replica) => write!(f, "replica {replica}"),
+            Self::KeyGroups(replica) => write!(f, "the key-group stage of replica {replica}"),
+        }
+    }
+}
 
 /// The write-ahead record of one epoch: exactly what it reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +93,10 @@ pub struct Checkpoint {
     /// Ids remembered by each dedup transform, in transform order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dedup: Vec<DedupState>,
+    /// The key-group stage's key groups (windows, watermark inputs and what
+    /// each has applied from every source partition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_groups: KeyGroupsState,
     /// Wall-clock time it was written (RFC 3339).
     pub written_at: String,
 }
@@ -66,12 +110,12 @@ pub enum CheckpointError {
         error: object_store::Error,
     },
     #[error(
-        "checkpoint store {uri}: {object} already exists; is another runner using replica {replica}?"
+        "checkpoint store {uri}: {object} already exists; is another runner working as {lane}?"
     )]
     Conflict {
         uri: String,
         object: String,
-        replica: u32,
+        lane: Lane,
     },
     #[error("checkpoint store {uri}: {object} is not a valid checkpoint object: {error}")]
     Corrupt {
@@ -111,28 +155,28 @@ pub trait CheckpointStore: Send + Sync {
 pub struct ObjectStoreCheckpoints {
     store: Arc<dyn ObjectStore>,
     uri: String,
-    replica: u32,
+    lane: Lane,
 }
 
 const PLANS: &str = "plans";
 const CHECKPOINTS: &str = "checkpoints";
 
 impl ObjectStoreCheckpoints {
-    /// Checkpoints of `replica` under `uri` (see [`crate::storage::store_for`]).
-    pub fn open(uri: &str, replica: u32) -> Result<Self, CheckpointError> {
-        Ok(Self::new(crate::storage::store_for(uri)?, uri, replica))
+    /// Checkpoints of `lane` under `uri` (see [`crate::storage::store_for`]).
+    pub fn open(uri: &str, lane: Lane) -> Result<Self, CheckpointError> {
+        Ok(Self::new(crate::storage::store_for(uri)?, uri, lane))
     }
 
-    pub fn new(store: Arc<dyn ObjectStore>, uri: &str, replica: u32) -> Self {
+    pub fn new(store: Arc<dyn ObjectStore>, uri: &str, lane: Lane) -> Self {
         Self {
             store,
             uri: uri.to_owned(),
-            replica,
+            lane,
         }
     }
 
     fn folder(&self, kind: &str) -> Path {
-        Path::from(format!("replica-{}/{kind}", self.replica))
+        Path::from(format!("{}/{kind}", self.lane.folder()))
     }
 
     fn object(&self, kind: &str, epoch: u64) -> Path {
@@ -167,7 +211,7 @@ impl ObjectStoreCheckpoints {
             Err(object_store::Error::AlreadyExists { .. }) => Err(CheckpointError::Conflict {
                 uri: self.uri.clone(),
                 object: object.to_string(),
-                replica: self.replica,
+                lane: self.lane,
             }),
             Err(error) => Err(self.store_error(error)),
         }
@@ -221,11 +265,7 @@ impl ObjectStoreCheckpoints {
 #[async_trait]
 impl CheckpointStore for ObjectStoreCheckpoints {
     fn uri(&self) -> String {
-        format!(
-            "{}/replica-{}",
-            self.uri.trim_end_matches('/'),
-            self.replica
-        )
+        format!("{}/{}", self.uri.trim_end_matches('/'), self.lane.folder())
     }
 
     async fn put_plan(&self, plan: &EpochPlan) -> Result<(), CheckpointError> {

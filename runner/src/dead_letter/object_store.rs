@@ -69,7 +69,7 @@ impl DeadLetter for ObjectStoreDeadLetter {
         key: &EpochKey,
         events: &[DeadEvent],
     ) -> Result<(), DeadLetterError> {
-        let object = Path::from(format!("replica-{}/{:020}.jsonl", key.replica, key.epoch));
+        let object = Path::from(format!("{}/{:020}.jsonl", key.lane.folder(), key.epoch));
         let body: Vec<u8> = events.iter().flat_map(to_line).collect();
         let options = PutOptions {
             mode: PutMode::Create,

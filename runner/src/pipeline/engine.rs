@@ -27,10 +27,27 @@ use crate::{
     checkpoint::EpochPlan,
     dead_letter::{DeadEvent, Reason},
     decode::{Decoder, FieldValue},
+    shuffle::{KeyGroups, KeyGroupsState, Partials, ShuffleRecord},
     source::{Chunk, PartitionId},
     transform::{self, Clock, DedupState, Outcome, TransformError, Transforms},
     window::{AggregateKind, GroupKey, WindowKind, WindowRows, WindowState, Windows},
 };
+
+/// What an engine does with the events it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Computes the windows itself (one replica, or no window).
+    Whole,
+    /// The source stage of one of several replicas: pre-aggregates for the
+    /// key groups (see `shuffle`).
+    SourceStage {
+        replica: u32,
+        replicas: u32,
+        key_groups: u32,
+    },
+    /// The key-group stage: its input is the repartition topic, not events.
+    KeyGroupStage,
+}
 
 /// Why a pipeline spec cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +58,10 @@ pub enum EngineError {
     Window(String),
     #[error("building output rows: {0}")]
     Arrow(#[from] ArrowError),
+    #[error(transparent)]
+    KeyGroup(#[from] crate::shuffle::KeyGroupError),
+    #[error("repartition topic record {0}")]
+    Repartition(String),
 }
 
 /// Counts of one epoch.
@@ -103,12 +124,25 @@ pub struct EpochOutput {
     pub progressed: Vec<PartitionId>,
     pub windows: Option<RecordBatch>,
     pub events: Option<RecordBatch>,
+    /// The source stage's records for the repartition topic, by key group.
+    pub shuffle: crate::shuffle::Routed,
     pub dead: Vec<DeadEvent>,
     pub counts: EpochCounts,
 }
 
+/// Where window state lives, by [`Role`].
+enum Aggregation {
+    Windows(Windows),
+    Partials {
+        partials: Partials,
+        replica: u32,
+        replicas: u32,
+    },
+    KeyGroups(KeyGroups),
+}
+
 struct WindowStage {
-    windows: Windows,
+    aggregation: Aggregation,
     rows: WindowRows,
     group_slots: Vec<usize>,
     /// Per aggregate: the input field's slot (`None`: `count: {}`), and
@@ -126,6 +160,8 @@ pub struct EpochRun {
     dead: Vec<DeadEvent>,
     counts: EpochCounts,
     events: Option<EventRows>,
+    /// The first repartition record that could not be applied: the epoch fails.
+    failure: Option<EngineError>,
 }
 
 pub struct Engine {
@@ -142,7 +178,11 @@ pub struct Engine {
 
 impl Engine {
     /// `wants_events`: some sink reads raw events.
-    pub fn new(spec: &StreamPipelineSpec, wants_events: bool) -> Result<Self, EngineError> {
+    pub fn new(
+        spec: &StreamPipelineSpec,
+        wants_events: bool,
+        role: Role,
+    ) -> Result<Self, EngineError> {
         let mut fields = transform::referenced_fields(&spec.transforms)?;
         let mut aggregates = Vec::new();
         if let Some(window) = &spec.window {
@@ -187,16 +227,39 @@ impl Engine {
                     .collect();
                 let named: Vec<(String, AggregateKind)> =
                     aggregates.iter().map(|(n, k, _)| (n.clone(), *k)).collect();
-                let windows = Windows::new(
-                    kind,
-                    window.watermark.as_millis_i64(),
-                    named.iter().map(|(_, k)| *k).collect(),
-                );
-                Some(WindowStage {
-                    windows: match window.output_mode {
+                let delay = window.watermark.as_millis_i64();
+                let kinds: Vec<AggregateKind> = named.iter().map(|(_, k)| *k).collect();
+                let output_mode = window.output_mode;
+                let new_windows = move || {
+                    let windows = Windows::new(kind, delay, kinds.clone());
+                    match output_mode {
                         OutputMode::Append => windows,
                         OutputMode::Update => windows.emitting_updates(),
-                    },
+                    }
+                };
+                let aggregation = match role {
+                    Role::Whole => Aggregation::Windows(new_windows()),
+                    Role::SourceStage {
+                        replica,
+                        replicas,
+                        key_groups,
+                    } => {
+                        let pane = new_windows().pane().ok_or_else(|| {
+                            EngineError::Window(
+                                "session windows run on one replica (spec.parallelism: 1)".into(),
+                            )
+                        })?;
+                        let kinds = named.iter().map(|(_, k)| *k).collect();
+                        Aggregation::Partials {
+                            partials: Partials::new(pane, key_groups, kinds),
+                            replica,
+                            replicas,
+                        }
+                    }
+                    Role::KeyGroupStage => Aggregation::KeyGroups(KeyGroups::new(new_windows)),
+                };
+                Some(WindowStage {
+                    aggregation,
                     rows: WindowRows::new(&window.group_by, &named),
                     group_slots,
                     inputs,
@@ -222,21 +285,44 @@ impl Engine {
         self.window.as_ref().map(|w| w.rows.schema())
     }
 
-    /// The watermark in force (milliseconds since the Unix epoch).
+    /// The watermark in force (milliseconds since the Unix epoch); for key
+    /// groups the lowest of theirs; none in a source stage.
     pub fn watermark(&self) -> Option<i64> {
-        self.window.as_ref().and_then(|w| w.windows.watermark())
+        match &self.window.as_ref()?.aggregation {
+            Aggregation::Windows(windows) => windows.watermark(),
+            Aggregation::KeyGroups(groups) => groups.watermark(),
+            Aggregation::Partials { .. } => None,
+        }
+    }
+
+    /// Whether this engine has a watermark to report (it computes windows).
+    pub fn computes_windows(&self) -> bool {
+        self.window
+            .as_ref()
+            .is_some_and(|w| !matches!(w.aggregation, Aggregation::Partials { .. }))
     }
 
     /// Open (pane or session, key) entries, for metrics.
     pub fn open_entries(&self) -> usize {
-        self.window.as_ref().map_or(0, |w| w.windows.open_entries())
+        match self.window.as_ref().map(|w| &w.aggregation) {
+            Some(Aggregation::Windows(windows)) => windows.open_entries(),
+            Some(Aggregation::KeyGroups(groups)) => groups.open_entries(),
+            Some(Aggregation::Partials { .. }) | None => 0,
+        }
     }
 
     pub fn snapshot(&self) -> WindowState {
-        self.window
-            .as_ref()
-            .map(|w| w.windows.snapshot())
-            .unwrap_or_default()
+        match self.window.as_ref().map(|w| &w.aggregation) {
+            Some(Aggregation::Windows(windows)) => windows.snapshot(),
+            _ => WindowState::default(),
+        }
+    }
+
+    pub fn key_groups_snapshot(&self) -> KeyGroupsState {
+        match self.window.as_ref().map(|w| &w.aggregation) {
+            Some(Aggregation::KeyGroups(groups)) => groups.snapshot(),
+            _ => KeyGroupsState::default(),
+        }
     }
 
     /// The dedup transforms' memory, in transform order.
@@ -249,15 +335,29 @@ impl Engine {
         self.transforms.remembered_ids()
     }
 
-    pub fn restore(&mut self, state: WindowState, dedup: Vec<DedupState>) {
-        if let Some(window) = &mut self.window {
-            window.windows.restore(state);
+    pub fn restore(
+        &mut self,
+        state: WindowState,
+        key_groups: KeyGroupsState,
+        dedup: Vec<DedupState>,
+    ) {
+        match self.window.as_mut().map(|w| &mut w.aggregation) {
+            Some(Aggregation::Windows(windows)) => windows.restore(state),
+            Some(Aggregation::KeyGroups(groups)) => groups.restore(key_groups),
+            Some(Aggregation::Partials { .. }) | None => {}
         }
         self.transforms.restore(dedup);
     }
 
-    pub fn begin_epoch(&self, plan: &EpochPlan) -> EpochRun {
+    pub fn begin_epoch(&mut self, plan: &EpochPlan) -> EpochRun {
         let ranges = &plan.ranges;
+        if let Some(WindowStage {
+            aggregation: Aggregation::Partials { partials, .. },
+            ..
+        }) = &mut self.window
+        {
+            partials.begin(ranges.len());
+        }
         EpochRun {
             partitions: ranges.iter().map(|r| r.partition.clone()).collect(),
             max_time: vec![None; ranges.len()],
@@ -268,6 +368,7 @@ impl Engine {
             dead: Vec::new(),
             counts: EpochCounts::default(),
             events: self.wants_events.then(EventRows::default),
+            failure: None,
         }
     }
 
@@ -277,6 +378,35 @@ impl Engine {
             .range_index
             .min(run.partitions.len().saturating_sub(1));
         let partition = &run.partitions[range];
+        if let Some(WindowStage {
+            aggregation: Aggregation::KeyGroups(groups),
+            ..
+        }) = &mut self.window
+        {
+            let group = u32::try_from(partition.partition).unwrap_or_default();
+            for record in chunk.iter() {
+                let applied = serde_json::from_slice::<ShuffleRecord>(record.payload)
+                    .map_err(|error| {
+                        EngineError::Repartition(format!(
+                            "{partition} at offset {}: {error}",
+                            record.offset
+                        ))
+                    })
+                    .and_then(|shuffled| {
+                        Ok(groups.apply(
+                            group,
+                            shuffled,
+                            &mut run.counts,
+                            &mut run.dead,
+                            self.late_policy == LateEventPolicy::DeadLetter,
+                        )?)
+                    });
+                if let Err(error) = applied {
+                    run.failure.get_or_insert(error);
+                }
+            }
+            return;
+        }
         let mut values: Vec<FieldValue<'_>> = Vec::with_capacity(self.decoder.paths().len());
         let mut key = Vec::with_capacity(64);
         let mut inputs: Vec<Option<f64>> = Vec::new();
@@ -334,18 +464,22 @@ impl Engine {
                 }
             }
             if let Some(stage) = &mut self.window {
-                let lateness = stage.windows.lateness(time);
-                run.counts.late_windows += u64::from(lateness.closed);
-                if lateness.is_late() {
-                    run.counts.late += 1;
-                    if self.late_policy == LateEventPolicy::DeadLetter {
-                        let watermark = stage.windows.watermark().unwrap_or_default();
-                        run.dead.push(dead(Reason::Late {
-                            event_time: rfc3339(time),
-                            watermark: rfc3339(watermark),
-                        }));
+                // Lateness is decided where the watermark is: here, or in
+                // the key groups for pre-aggregates.
+                if let Aggregation::Windows(windows) = &stage.aggregation {
+                    let lateness = windows.lateness(time);
+                    run.counts.late_windows += u64::from(lateness.closed);
+                    if lateness.is_late() {
+                        run.counts.late += 1;
+                        if self.late_policy == LateEventPolicy::DeadLetter {
+                            let watermark = windows.watermark().unwrap_or_default();
+                            run.dead.push(dead(Reason::Late {
+                                event_time: rfc3339(time),
+                                watermark: rfc3339(watermark),
+                            }));
+                        }
+                        continue;
                     }
-                    continue;
                 }
                 inputs.clear();
                 let mut bad_input = None;
@@ -372,7 +506,13 @@ impl Engine {
                 for slot in &stage.group_slots {
                     GroupKey::encode_value(&values[*slot], &mut key);
                 }
-                stage.windows.add(time, &key, &inputs);
+                match &mut stage.aggregation {
+                    Aggregation::Windows(windows) => windows.add(time, &key, &inputs),
+                    Aggregation::Partials { partials, .. } => {
+                        partials.add(range, time, &key, &inputs);
+                    }
+                    Aggregation::KeyGroups(_) => {}
+                }
             }
             if let Some(events) = &mut run.events {
                 let event = merge_computed(record.payload, &self.computed, &values);
@@ -388,30 +528,55 @@ impl Engine {
         run: EpochRun,
         plan: &EpochPlan,
     ) -> Result<EpochOutput, EngineError> {
+        if let Some(failure) = run.failure {
+            return Err(failure);
+        }
         let mut counts = run.counts;
+        let mut shuffle = Vec::new();
+        let mut clock = Clock::NewestEvent;
+        if let Some(WindowStage {
+            aggregation:
+                Aggregation::Partials {
+                    partials,
+                    replica,
+                    replicas,
+                },
+            ..
+        }) = &mut self.window
+        {
+            shuffle = partials.finish(&plan.ranges, &run.max_time, &plan.idle, *replica, *replicas);
+        }
         let maxima: Vec<_> = run.partitions.into_iter().zip(run.max_time).collect();
         let progressed = maxima
             .iter()
             .filter(|(_, max)| max.is_some())
             .map(|(partition, _)| partition.clone())
             .collect();
-        let windows = match &mut self.window {
-            None => None,
-            Some(stage) => {
-                let closed = stage.windows.advance(&maxima, &plan.idle);
+        let closed = match self.window.as_mut().map(|w| &mut w.aggregation) {
+            Some(Aggregation::Windows(windows)) => {
+                let closed = windows.advance(&maxima, &plan.idle);
+                clock = Clock::Watermark(windows.watermark());
+                Some(closed)
+            }
+            Some(Aggregation::KeyGroups(groups)) => Some(groups.advance()),
+            // A source stage's dedup expires ids by the newest event time:
+            // the watermark is the key groups'.
+            Some(Aggregation::Partials { .. }) | None => None,
+        };
+        let windows = match (closed, &self.window) {
+            (Some(closed), Some(stage)) => {
                 counts.windows = closed.len() as u64;
                 Some(stage.rows.batch(&closed)?)
             }
+            _ => None,
         };
-        self.transforms.finish_epoch(match &self.window {
-            Some(stage) => Clock::Watermark(stage.windows.watermark()),
-            None => Clock::NewestEvent,
-        });
+        self.transforms.finish_epoch(clock);
         let events = run.events.map(EventRows::finish).transpose()?;
         Ok(EpochOutput {
             progressed,
             windows,
             events,
+            shuffle,
             dead: run.dead,
             counts,
         })
@@ -592,6 +757,7 @@ mod tests {
                 {"compute": {"field": "cents", "expression": "value * 100.0"}},
             ]})),
             false,
+            Role::Whole,
         )
         .unwrap();
         let output = epoch(
@@ -623,7 +789,7 @@ mod tests {
 
     #[test]
     fn a_far_future_event_is_malformed_and_leaves_the_watermark_alone() {
-        let mut engine = Engine::new(&spec(serde_json::json!({})), false).unwrap();
+        let mut engine = Engine::new(&spec(serde_json::json!({})), false, Role::Whole).unwrap();
         let output = epoch(
             &mut engine,
             &[
@@ -645,6 +811,7 @@ mod tests {
         let mut engine = Engine::new(
             &spec(serde_json::json!({"transforms": [{"filter": "event_type != 'heartbeat'"}]})),
             false,
+            Role::Whole,
         )
         .unwrap();
         let output = epoch(
@@ -661,7 +828,7 @@ mod tests {
 
     #[test]
     fn late_and_malformed_events_are_dead_lettered_and_counted() {
-        let mut engine = Engine::new(&spec(serde_json::json!({})), false).unwrap();
+        let mut engine = Engine::new(&spec(serde_json::json!({})), false, Role::Whole).unwrap();
         epoch(
             &mut engine,
             &[r#"{"timestamp":"2026-11-24T10:05:00Z","event_type":"view"}"#],
@@ -679,5 +846,176 @@ mod tests {
         assert_eq!(reasons, vec!["late", "malformed", "malformed"]);
         assert_eq!(output.dead[2].payload, b"garbage");
         assert_eq!(output.dead[2].offset, 2);
+    }
+
+    /// Events of `partitions` partitions over `epochs` epochs, keyed by
+    /// user but spread over partitions without regard to it: out of order
+    /// within 90 s, and in the last epoch some an hour late.
+    fn scattered_events(partitions: usize, epochs: usize) -> Vec<Vec<Vec<String>>> {
+        let start = 1_795_514_400_000_i64; // 2026-11-24T10:00:00Z
+        let mut seed = 7_u64;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % n
+        };
+        (0..epochs)
+            .map(|epoch| {
+                (0..partitions)
+                    .map(|_| {
+                        (0..150)
+                            .map(|i| {
+                                let base = start + (epoch as i64 * 150 + i) * 2_000;
+                                let mut time = base - next(90_000) as i64;
+                                if epoch + 1 == epochs && next(20) == 0 {
+                                    time -= 3_600_000;
+                                }
+                                format!(
+                                    r#"{{"timestamp":"{}","user":"u{}","value":{}}}"#,
+                                    rfc3339(time),
+                                    next(13),
+                                    next(100)
+                                )
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Runs one epoch of `engine` over the given partitions' events.
+    fn run_epoch(
+        engine: &mut Engine,
+        epoch: u64,
+        partitions: &[(i32, &[String], i64)],
+    ) -> EpochOutput {
+        let plan = EpochPlan {
+            epoch,
+            ranges: partitions
+                .iter()
+                .map(|(partition, events, from)| PartitionRange {
+                    partition: PartitionId::new("events", *partition),
+                    start: Position::Offset(*from),
+                    end: Position::Offset(from + events.len() as i64),
+                })
+                .collect(),
+            idle: Vec::new(),
+            planned_at: None,
+        };
+        let mut run = engine.begin_epoch(&plan);
+        for (index, (_, events, from)) in partitions.iter().enumerate() {
+            let mut chunk = Chunk::new(index);
+            for (i, event) in events.iter().enumerate() {
+                chunk.push(event.as_bytes(), from + i as i64);
+            }
+            engine.process(&mut run, &chunk);
+        }
+        engine.finish_epoch(run, &plan).unwrap()
+    }
+
+    /// Window rows as sorted lines, whatever epoch or batch wrote them.
+    fn row_lines(outputs: &[EpochOutput]) -> Vec<String> {
+        let batches: Vec<RecordBatch> = outputs.iter().filter_map(|o| o.windows.clone()).collect();
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        let mut lines: Vec<String> = text
+            .lines()
+            .skip(3)
+            .filter(|line| line.starts_with('|'))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn key_groups_of_two_replicas_write_one_engines_rows_and_ignore_replays() {
+        let spec = spec(serde_json::json!({"window": {
+            "sliding": {"size": "5m", "slide": "1m"},
+            "watermark": "2m",
+            "groupBy": ["user"],
+            "aggregations": [
+                {"name": "n", "count": {}},
+                {"name": "total", "sum": {"field": "value"}},
+                {"name": "low", "min": {"field": "value"}},
+                {"name": "high", "max": {"field": "value"}},
+                {"name": "mean", "avg": {"field": "value"}},
+            ],
+        }}));
+        let (partitions, epochs, key_groups) = (4, 3, 5);
+        let events = scattered_events(partitions, epochs);
+        let offset = |epoch: usize| (epoch * 150) as i64;
+
+        let mut whole = Engine::new(&spec, false, Role::Whole).unwrap();
+        let mut expected = Vec::new();
+        for (epoch, by_partition) in events.iter().enumerate() {
+            let all: Vec<(i32, &[String], i64)> = by_partition
+                .iter()
+                .enumerate()
+                .map(|(p, e)| (p as i32, e.as_slice(), offset(epoch)))
+                .collect();
+            expected.push(run_epoch(&mut whole, epoch as u64, &all));
+        }
+        let late: u64 = expected.iter().map(|o| o.counts.late).sum();
+        assert!(late > 0, "the data has late events");
+
+        let source_stage = |replica| Role::SourceStage {
+            replica,
+            replicas: 2,
+            key_groups,
+        };
+        let mut sources: Vec<Engine> = (0..2)
+            .map(|r| Engine::new(&spec, false, source_stage(r)).unwrap())
+            .collect();
+        let mut groups: Vec<Engine> = (0..2)
+            .map(|_| Engine::new(&spec, false, Role::KeyGroupStage).unwrap())
+            .collect();
+        let mut actual = Vec::new();
+        for (epoch, by_partition) in events.iter().enumerate() {
+            // The topic's new records, per key group.
+            let mut topic: Vec<Vec<String>> = vec![Vec::new(); key_groups as usize];
+            for (replica, engine) in sources.iter_mut().enumerate() {
+                let owned: Vec<(i32, &[String], i64)> = by_partition
+                    .iter()
+                    .enumerate()
+                    .filter(|(p, _)| p % 2 == replica)
+                    .map(|(p, e)| (p as i32, e.as_slice(), offset(epoch)))
+                    .collect();
+                let shuffle = run_epoch(engine, epoch as u64, &owned).shuffle;
+                let encoded: Vec<(u32, String)> = shuffle
+                    .iter()
+                    .map(|(g, r)| (*g, serde_json::to_string(r).unwrap()))
+                    .collect();
+                if replica == 0 && epoch == 1 {
+                    // An attempt cut short after a third of its records, then
+                    // the replay that completes it, then a second replay.
+                    for (g, record) in &encoded[..encoded.len() / 3] {
+                        topic[*g as usize].push(record.clone());
+                    }
+                    for (g, record) in encoded.iter().chain(&encoded) {
+                        topic[*g as usize].push(record.clone());
+                    }
+                } else {
+                    for (g, record) in encoded {
+                        topic[g as usize].push(record);
+                    }
+                }
+            }
+            for (replica, engine) in groups.iter_mut().enumerate() {
+                let owned: Vec<(i32, &[String], i64)> = topic
+                    .iter()
+                    .enumerate()
+                    .filter(|(g, _)| g % 2 == replica)
+                    .map(|(g, records)| (g as i32, records.as_slice(), 0))
+                    .collect();
+                actual.push(run_epoch(engine, epoch as u64, &owned));
+            }
+        }
+        let expected_rows = row_lines(&expected);
+        assert!(expected_rows.len() > 50, "{} rows", expected_rows.len());
+        assert_eq!(row_lines(&actual), expected_rows);
+        let actual_late: u64 = actual.iter().map(|o| o.counts.late).sum();
+        assert_eq!(actual_late, late, "late events are counted once");
     }
 }

@@ -5,6 +5,7 @@
 //! spec to implementations.
 
 mod engine;
+mod job;
 
 use std::{
     collections::HashMap,
@@ -16,10 +17,16 @@ use arrow::array::RecordBatch;
 use sluice_crds::{CheckpointStatus, OutputMode, PartitionLag, SinkInput, StreamPipelineSpec};
 use tokio::sync::watch;
 
-pub use self::engine::{Engine, EngineError, EpochCounts, EpochOutput, event_schema, rfc3339};
+pub use self::{
+    engine::{Engine, EngineError, EpochCounts, EpochOutput, Role, event_schema, rfc3339},
+    job::Job,
+};
 use crate::{
-    checkpoint::{Checkpoint, CheckpointError, CheckpointStore, EpochPlan, ObjectStoreCheckpoints},
+    checkpoint::{
+        Checkpoint, CheckpointError, CheckpointStore, EpochPlan, Lane, ObjectStoreCheckpoints,
+    },
     dead_letter::{self, DeadEvent, DeadLetter, DeadLetterError, Reason},
+    shuffle::{RepartitionError, RepartitionTopic},
     sink::{self, ConfiguredSink, EpochKey, RefusedRow, SinkError, WriteOutcome},
     source::{
         self, PartitionId, PartitionRange, Planned, Positions, Source, SourceContext, SourceError,
@@ -49,6 +56,33 @@ fn refused_events(
         .collect()
 }
 
+/// The source settings of a replica.
+fn source_context(identity: &RunnerIdentity) -> SourceContext {
+    SourceContext {
+        replica: identity.replica,
+        replicas: identity.replicas,
+        max_records_per_epoch: DEFAULT_MAX_RECORDS_PER_EPOCH,
+    }
+}
+
+/// The spec's sinks that `wanted` picks (by what they read).
+fn sinks_from_spec(
+    spec: &StreamPipelineSpec,
+    telemetry: &Telemetry,
+    wanted: impl Fn(SinkInput) -> bool,
+) -> Result<Vec<ConfiguredSink>, PipelineError> {
+    let window_updates = spec
+        .window
+        .as_ref()
+        .is_some_and(|w| w.output_mode == OutputMode::Update);
+    Ok(spec
+        .sinks
+        .iter()
+        .filter(|sink| wanted(sink.input))
+        .map(|sink| sink::from_spec(sink, window_updates, &telemetry.sinks))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Records one epoch reads at most when the source sets no limit of its own.
 pub const DEFAULT_MAX_RECORDS_PER_EPOCH: i64 = 1_000_000;
 
@@ -65,6 +99,8 @@ pub enum PipelineError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Repartition(#[from] RepartitionError),
     #[error(
         "the checkpoint store holds plans for epochs {found:?} after checkpoint {checkpoint:?}; expected consecutive epochs"
     )]
@@ -82,7 +118,7 @@ impl PipelineError {
             self,
             Self::Source(SourceError::Unavailable { .. })
                 | Self::DeadLetter(DeadLetterError::Kafka { .. })
-        )
+        ) || matches!(self, Self::Repartition(error) if error.is_transient())
     }
 }
 
@@ -108,6 +144,9 @@ pub struct RunnerIdentity {
     pub pipeline: String,
     pub replica: u32,
     pub replicas: u32,
+    /// The topic key groups are exchanged through when several replicas
+    /// compute windows: `sluice-<namespace>-<name>-keygroups`.
+    pub repartition_topic: String,
 }
 
 /// How a run ended.
@@ -126,7 +165,10 @@ pub struct RunSummary {
 
 pub struct Pipeline {
     identity: RunnerIdentity,
+    lane: Lane,
     source: Box<dyn Source>,
+    /// A source stage's output: the repartition topic.
+    repartition: Option<std::sync::Arc<RepartitionTopic>>,
     sinks: Vec<ConfiguredSink>,
     dead_letter: Box<dyn DeadLetter>,
     checkpoints: Arc<dyn CheckpointStore>,
@@ -149,62 +191,49 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Builds the pipeline a spec describes.
+    /// Builds the pipeline a spec describes, computing its windows itself
+    /// (see [`Job`] for the key-group stages of several replicas).
     pub fn from_spec(
         spec: &StreamPipelineSpec,
         identity: RunnerIdentity,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self, PipelineError> {
-        let context = SourceContext {
-            replica: identity.replica,
-            replicas: identity.replicas,
-            max_records_per_epoch: DEFAULT_MAX_RECORDS_PER_EPOCH,
+        let source = source::from_spec(
+            &spec.source,
+            &source_context(&identity),
+            &telemetry.source_requests,
+        )?;
+        let sinks = sinks_from_spec(spec, &telemetry, |_| true)?;
+        Self::new(spec, identity, Role::Whole, source, sinks, telemetry)
+    }
+
+    /// A pipeline, or one stage of it, over a given source and sinks; the
+    /// dead-letter output and checkpoints come from the spec.
+    pub fn new(
+        spec: &StreamPipelineSpec,
+        identity: RunnerIdentity,
+        role: Role,
+        source: Box<dyn Source>,
+        sinks: Vec<ConfiguredSink>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Self, PipelineError> {
+        let lane = match role {
+            Role::KeyGroupStage => Lane::KeyGroups(identity.replica),
+            Role::Whole | Role::SourceStage { .. } => Lane::Replica(identity.replica),
         };
-        let source = source::from_spec(&spec.source, &context, &telemetry.source_requests)?;
-        let window_updates = spec
-            .window
-            .as_ref()
-            .is_some_and(|w| w.output_mode == OutputMode::Update);
-        let sinks = spec
-            .sinks
-            .iter()
-            .map(|sink| sink::from_spec(sink, window_updates, &telemetry.sinks))
-            .collect::<Result<Vec<_>, _>>()?;
         let dead_letter = dead_letter::from_spec(
             spec.dead_letter.as_ref(),
             &spec.source,
             &spec.checkpoint.uri,
         )?;
-        let checkpoints = Arc::new(ObjectStoreCheckpoints::open(
-            &spec.checkpoint.uri,
-            identity.replica,
-        )?);
-        Self::new(
-            spec,
-            identity,
-            source,
-            sinks,
-            dead_letter,
-            checkpoints,
-            telemetry,
-        )
-    }
-
-    /// A pipeline over given implementations.
-    pub fn new(
-        spec: &StreamPipelineSpec,
-        identity: RunnerIdentity,
-        source: Box<dyn Source>,
-        sinks: Vec<ConfiguredSink>,
-        dead_letter: Box<dyn DeadLetter>,
-        checkpoints: Arc<dyn CheckpointStore>,
-        telemetry: Arc<Telemetry>,
-    ) -> Result<Self, PipelineError> {
+        let checkpoints = Arc::new(ObjectStoreCheckpoints::open(&spec.checkpoint.uri, lane)?);
         let wants_events = sinks.iter().any(|s| s.input == SinkInput::Events);
-        let engine = Engine::new(spec, wants_events)?;
+        let engine = Engine::new(spec, wants_events, role)?;
         Ok(Self {
             identity,
+            lane,
             source,
+            repartition: None,
             sinks,
             dead_letter,
             checkpoints,
@@ -228,6 +257,12 @@ impl Pipeline {
             last_idle: Vec::new(),
             summary: RunSummary::default(),
         })
+    }
+
+    /// A source stage: each epoch's pre-aggregates go to the repartition topic.
+    pub fn sending_to(mut self, topic: Arc<RepartitionTopic>) -> Self {
+        self.repartition = Some(topic);
+        self
     }
 
     /// Schema of window rows, when the pipeline has windows.
@@ -357,14 +392,16 @@ impl Pipeline {
         if let Some(checkpoint) = self.checkpoints.latest_checkpoint().await? {
             tracing::info!(epoch = checkpoint.epoch, "restoring checkpoint");
             self.positions = checkpoint.positions;
-            self.engine.restore(checkpoint.state, checkpoint.dedup);
+            self.engine
+                .restore(checkpoint.state, checkpoint.key_groups, checkpoint.dedup);
             self.last_epoch = Some(checkpoint.epoch);
             self.last_checkpoint = Some(checkpoint.epoch);
             self.set_checkpoint_status(checkpoint.epoch, checkpoint.written_at);
         } else {
             // Resuming after a failure without a checkpoint: start over.
             self.positions.clear();
-            self.engine.restore(Default::default(), Vec::new());
+            self.engine
+                .restore(Default::default(), Vec::new(), Vec::new());
             self.last_epoch = None;
             self.last_checkpoint = None;
         }
@@ -427,9 +464,12 @@ impl Pipeline {
             self.engine.process(&mut run, &chunk);
         }
         let mut output = self.engine.finish_epoch(run, plan)?;
+        if let Some(topic) = &self.repartition {
+            topic.send(&output.shuffle).await?;
+        }
         let key = |sink: &str| EpochKey {
             pipeline: self.identity.pipeline.clone(),
-            replica: self.identity.replica,
+            lane: self.lane,
             epoch: plan.epoch,
             sink: sink.to_owned(),
         };
@@ -490,6 +530,7 @@ impl Pipeline {
             positions: self.positions.clone(),
             state: self.engine.snapshot(),
             dedup: self.engine.dedup_snapshot(),
+            key_groups: self.engine.key_groups_snapshot(),
             written_at: jiff::Timestamp::now().to_string(),
         };
         self.checkpoints.put_checkpoint(&checkpoint).await?;
@@ -561,14 +602,24 @@ impl Pipeline {
                 t.dead_lettered.with_label_values(&[reason]).inc_by(n);
             }
         }
-        t.open_window_entries.set(self.engine.open_entries() as i64);
+        // With key groups, the source stage reports what it reads and the
+        // key-group stage the windows: neither overwrites the other's figures.
+        let reads_source = matches!(self.lane, Lane::Replica(_));
+        let computes_windows = self.engine.computes_windows();
         let watermark = self.engine.watermark();
-        if let Some(watermark) = watermark {
-            let now = jiff::Timestamp::now().as_millisecond();
-            t.watermark_lag_seconds
-                .set((now - watermark) as f64 / 1000.0);
+        if computes_windows {
+            t.open_window_entries.set(self.engine.open_entries() as i64);
+            if let Some(watermark) = watermark {
+                let now = jiff::Timestamp::now().as_millisecond();
+                t.watermark_lag_seconds
+                    .set((now - watermark) as f64 / 1000.0);
+            }
         }
-        let backlog = self.source.backlog();
+        let backlog = if reads_source {
+            self.source.backlog()
+        } else {
+            None
+        };
         if let Some(backlog) = &backlog {
             for b in backlog {
                 let labels = [
@@ -586,15 +637,20 @@ impl Pipeline {
         let last_epoch = self.last_epoch;
         let summary = self.summary.counts;
         t.update_status(|s| {
+            if computes_windows {
+                s.watermark = watermark.map(rfc3339);
+                s.windows_emitted_total = summary.windows;
+            }
+            if !reads_source {
+                return;
+            }
             s.committed_epoch = last_epoch.map(|e| e as i64);
-            s.watermark = watermark.map(rfc3339);
             s.events_per_second = per_second(counts.records);
             s.dead_letter_per_second = per_second(counts.dead_lettered());
             s.duplicates_per_second = per_second(counts.duplicates);
             s.events_total = summary.records;
             s.dead_letter_total = summary.dead_lettered();
             s.duplicates_total = summary.duplicates;
-            s.windows_emitted_total = summary.windows;
             s.partitions = backlog
                 .unwrap_or_default()
                 .into_iter()

@@ -32,6 +32,7 @@ use arrow::{
 use async_trait::async_trait;
 use sluice_crds::{SinkInput, SinkSpec};
 
+pub use crate::checkpoint::Lane;
 use crate::{secrets::Secrets, telemetry::SinkMetrics};
 
 pub use self::{
@@ -47,8 +48,9 @@ pub const EVENT_COLUMNS: [&str; 5] = ["stream", "partition", "offset", "event_ti
 pub struct EpochKey {
     /// The pipeline's uid (stable across restarts, new for a new pipeline).
     pub pipeline: String,
-    /// Replica index; each replica has its own epoch sequence.
-    pub replica: u32,
+    /// Whose epoch sequence this is: each replica (and each replica's
+    /// key-group stage) has its own.
+    pub lane: Lane,
     /// Epoch number, increasing by one per epoch.
     pub epoch: u64,
     /// Sink name from the spec.
@@ -59,7 +61,12 @@ impl EpochKey {
     /// One string naming the (pipeline, replica, sink) lineage, for sinks that
     /// track the last epoch they hold per writer (Delta's transaction app id).
     pub fn writer_id(&self) -> String {
-        format!("sluice-{}-{}-{}", self.pipeline, self.replica, self.sink)
+        format!(
+            "sluice-{}-{}-{}",
+            self.pipeline,
+            self.lane.writer(),
+            self.sink
+        )
     }
 
     /// One string naming this exact write, for sinks that deduplicate by token.

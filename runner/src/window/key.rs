@@ -18,6 +18,11 @@ impl GroupKey {
         Self(bytes.into())
     }
 
+    /// The encoded key.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Appends one group-by value to an encoded key being built in `out`.
     pub fn encode_value(value: &FieldValue<'_>, out: &mut Vec<u8>) {
         let mut push = |text: &str| {

@@ -19,7 +19,7 @@
 //! Append mode emits each closed window once; update mode emits, every
 //! epoch, the windows that the epoch's events changed.
 
-mod aggregate;
+pub(crate) mod aggregate;
 mod key;
 mod output;
 
@@ -263,12 +263,7 @@ impl Windows {
         idle: &[PartitionId],
     ) -> Vec<WindowRow> {
         let updates = self.take_updates();
-        for (partition, max) in epoch_max {
-            if let Some(max) = max {
-                let entry = self.partition_max.entry(partition.clone()).or_insert(*max);
-                *entry = (*entry).max(*max);
-            }
-        }
+        self.observe(epoch_max);
         let candidate = epoch_max
             .iter()
             .filter(|(partition, _)| !idle.contains(partition))
@@ -287,6 +282,41 @@ impl Windows {
             WindowKind::Session { .. } => self.close_sessions(watermark),
         };
         updates.unwrap_or(closed)
+    }
+
+    /// Records each partition's maximum event time in an epoch without
+    /// moving the watermark (a key group that has not yet heard from every
+    /// source replica).
+    pub fn observe(&mut self, epoch_max: &[(PartitionId, Option<i64>)]) {
+        for (partition, max) in epoch_max {
+            if let Some(max) = max {
+                let entry = self.partition_max.entry(partition.clone()).or_insert(*max);
+                *entry = (*entry).max(*max);
+            }
+        }
+    }
+
+    /// Adds pre-aggregated (non-late) events of one pane and key, as
+    /// [`Windows::add`] adds one event (tumbling and sliding windows).
+    pub fn merge_pane(&mut self, pane: i64, key: &GroupKey, accumulators: &[Accumulator]) {
+        let keyed = self.panes.entry(pane).or_default();
+        match keyed.get_mut(key) {
+            Some(total) => aggregate::merge(total, accumulators),
+            None => {
+                keyed.insert(key.clone(), accumulators.into());
+            }
+        }
+        if let Some(changed) = &mut self.changed {
+            changed.insert((pane, key.clone()));
+        }
+    }
+
+    /// The width of the panes state is kept in, for tumbling and sliding windows.
+    pub fn pane(&self) -> Option<i64> {
+        match self.kind {
+            WindowKind::Sliding { pane, .. } => Some(pane),
+            WindowKind::Session { .. } => None,
+        }
     }
 
     /// Update mode: the current value of every open window that holds a

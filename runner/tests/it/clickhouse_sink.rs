@@ -16,7 +16,7 @@ use sluice_crds::ClickHouseSink as ClickHouseSpec;
 use sluice_runner::{
     http::RetryPolicy,
     secrets::Secrets,
-    sink::{ClickHouseSink, EpochKey, Sink, WriteOutcome},
+    sink::{ClickHouseSink, EpochKey, Lane, Sink, WriteOutcome},
     telemetry::SinkMetrics,
 };
 use sluice_tests::clickhouse::ClickHouse;
@@ -95,7 +95,7 @@ fn sink(server: &ClickHouse, table: &str, batch_rows: i64) -> ClickHouseSink {
 fn key(epoch: u64) -> EpochKey {
     EpochKey {
         pipeline: "uid-1".into(),
-        replica: 0,
+        lane: Lane::Replica(0),
         epoch,
         sink: "counts".into(),
     }

@@ -18,7 +18,7 @@ use sluice_runner::{
     http::RetryPolicy,
     pipeline::{Pipeline, RunnerIdentity},
     secrets::Secrets,
-    sink::{ElasticsearchSink, EpochKey, Sink, WriteOutcome},
+    sink::{ElasticsearchSink, EpochKey, Lane, Sink, WriteOutcome},
     telemetry::{SinkMetrics, Telemetry},
 };
 use sluice_tests::elasticsearch::{Elasticsearch, ItemFailure};
@@ -77,7 +77,7 @@ fn es_sink(es: &Elasticsearch, extra: serde_json::Value, secrets: &Secrets) -> E
 fn key(epoch: u64) -> EpochKey {
     EpochKey {
         pipeline: "uid-1".into(),
-        replica: 0,
+        lane: Lane::Replica(0),
         epoch,
         sink: "search".into(),
     }
@@ -271,6 +271,7 @@ spec:
         pipeline: "uid-1".into(),
         replica: 0,
         replicas: 1,
+        repartition_topic: String::new(),
     };
     let telemetry = Arc::new(Telemetry::new(0, 1).unwrap());
     let pipeline = Pipeline::from_spec(&spec, identity, telemetry).unwrap();
