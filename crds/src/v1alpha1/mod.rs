@@ -50,6 +50,12 @@ use crate::{
     validation = kube::core::Rule::new("!has(self.spec.window) || !has(self.spec.parallelism) || !has(self.spec.keyGroups) || self.spec.parallelism <= self.spec.keyGroups")
         .message("spec.parallelism must be at most spec.keyGroups: a replica without key groups would have no window work")
         .field_path(".spec.parallelism"),
+    validation = kube::core::Rule::new("!has(self.spec.window) || !has(self.spec.window.session) || !has(self.spec.source.kafka) || !has(self.spec.parallelism) || self.spec.parallelism == 1")
+        .message("session windows over Kafka run on one replica (spec.parallelism: 1): key groups pre-aggregate fixed panes, and a session's extent is not known until it closes")
+        .field_path(".spec.parallelism"),
+    validation = kube::core::Rule::new("!has(self.spec.window) || !has(self.spec.source.eventHub) || !has(self.spec.parallelism) || self.spec.parallelism == 1")
+        .message("windows over Event Hubs run on one replica (spec.parallelism: 1): several replicas exchange key groups through a repartition topic the runner creates, and Event Hubs does not let Kafka clients create one")
+        .field_path(".spec.parallelism"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StreamPipelineSpec {

@@ -663,3 +663,37 @@ fn a_transform_that_cannot_compile_is_found_before_anything_runs() {
         Ok(())
     );
 }
+
+#[test]
+fn parallelism_is_bounded_by_key_groups_and_by_what_key_groups_can_run() {
+    let kafka = json!({"kafka": {"bootstrapServers": "kafka:9092", "topics": ["events"], "consumerGroup": "g"}});
+    accept(|d| {
+        d["spec"]["source"] = kafka.clone();
+        d["spec"]["parallelism"] = json!(4);
+        d["spec"]["keyGroups"] = json!(4);
+    });
+    let e = refuse(|d| {
+        d["spec"]["parallelism"] = json!(5);
+        d["spec"]["keyGroups"] = json!(4);
+    });
+    assert_names(&e, "spec.parallelism must be at most spec.keyGroups");
+    refuses_each(
+        "/spec/keyGroups",
+        "spec.keyGroups",
+        &[json!(0), json!(5000)],
+    );
+    let e = refuse(|d| {
+        d["spec"]["source"] = kafka.clone();
+        d["spec"]["parallelism"] = json!(2);
+        if let Some(window) = d["spec"]["window"].as_object_mut() {
+            window.remove("sliding");
+        }
+        d["spec"]["window"]["session"] = json!({"gap": "5m"});
+    });
+    assert_names(&e, "session windows over Kafka run on one replica");
+    let e = refuse(|d| {
+        d["spec"]["source"] = json!({"eventHub": {"namespace": "ns", "eventHub": "events", "consumerGroup": "g", "connectionStringSecretRef": {"name": "eh", "key": "conn"}}});
+        d["spec"]["parallelism"] = json!(2);
+    });
+    assert_names(&e, "windows over Event Hubs run on one replica");
+}
