@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod dead_letter;
 pub mod decode;
 pub mod http;
+pub mod kafka;
 pub mod pipeline;
 pub mod secrets;
 pub mod server;

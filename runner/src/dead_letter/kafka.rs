@@ -19,13 +19,16 @@ use async_trait::async_trait;
 use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer},
-    error::{KafkaError, RDKafkaErrorCode},
+    error::KafkaError as RdKafkaError,
     message::{Header, OwnedHeaders},
     producer::{DeliveryFuture, FutureProducer, FutureRecord},
 };
 
 use super::{DeadEvent, DeadLetter, DeadLetterError, Reason};
-use crate::{sink::EpochKey, source::KafkaConnection};
+use crate::{
+    kafka::{self, KafkaConnection, KafkaError, Target, blocking},
+    sink::EpochKey,
+};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -33,6 +36,8 @@ pub struct KafkaDeadLetter {
     connection: ClientConfig,
     producer: FutureProducer,
     topic: String,
+    /// The topic and its brokers, for errors.
+    target: Target,
     /// Highest epoch known to be written, once looked up.
     written_through: Option<Option<u64>>,
 }
@@ -40,6 +45,7 @@ pub struct KafkaDeadLetter {
 impl KafkaDeadLetter {
     pub fn new(connection: &KafkaConnection, topic: &str) -> Result<Self, DeadLetterError> {
         let config = connection.client_config();
+        let target = Target::brokers(&connection.bootstrap_servers).topic(topic);
         let producer = config
             .clone()
             .set("enable.idempotence", "true")
@@ -47,11 +53,12 @@ impl KafkaDeadLetter {
             .set("linger.ms", "20")
             .set("message.timeout.ms", "120000")
             .create()
-            .map_err(|error| kafka_error(topic, "creating the producer", error))?;
+            .map_err(|error| KafkaError::create_client("producer", target.clone(), error))?;
         Ok(Self {
             connection: config,
             producer,
             topic: topic.to_owned(),
+            target,
             written_through: None,
         })
     }
@@ -63,7 +70,9 @@ impl KafkaDeadLetter {
             .set("group.id", key.writer_id())
             .set("enable.auto.commit", "false")
             .create()
-            .map_err(|error| kafka_error(&self.topic, "creating the marker client", error))
+            .map_err(|error| {
+                KafkaError::create_client("marker client", self.target.clone(), error).into()
+            })
     }
 
     fn marker_partition(&self) -> TopicPartitionList {
@@ -76,12 +85,11 @@ impl KafkaDeadLetter {
     async fn read_mark(&self, key: &EpochKey) -> Result<Option<u64>, DeadLetterError> {
         let client = self.marker_client(key)?;
         let list = self.marker_partition();
-        let topic = self.topic.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || client.committed_offsets(list, REQUEST_TIMEOUT))
-                .await
-                .unwrap_or(Err(KafkaError::Canceled))
-                .map_err(|error| kafka_error(&topic, "reading the written-epoch mark", error))?;
+        let committed = blocking(client, move |client| {
+            client.committed_offsets(list, REQUEST_TIMEOUT)
+        })
+        .await
+        .map_err(|error| self.request_failed("reading the written-epoch mark", error))?;
         Ok(committed
             .elements()
             .first()
@@ -93,7 +101,7 @@ impl KafkaDeadLetter {
         let client = self.marker_client(key)?;
         let topic = self.topic.clone();
         let epoch = key.epoch;
-        tokio::task::spawn_blocking(move || {
+        blocking(client, move |client| {
             let (_, high) = client.fetch_watermarks(&topic, 0, REQUEST_TIMEOUT)?;
             let mut list = TopicPartitionList::new();
             list.add_partition_offset(&topic, 0, Offset::Offset(high))?;
@@ -103,8 +111,17 @@ impl KafkaDeadLetter {
             client.commit(&list, CommitMode::Sync)
         })
         .await
-        .unwrap_or(Err(KafkaError::Canceled))
-        .map_err(|error| kafka_error(&self.topic, "recording the written epoch", error))
+        .map_err(|error| self.request_failed("recording the written epoch", error))
+    }
+
+    /// A failed request about the marker, which lives on partition 0.
+    fn request_failed(&self, operation: &'static str, error: RdKafkaError) -> DeadLetterError {
+        KafkaError::request(
+            operation,
+            self.target.clone().partition(&self.topic, 0),
+            error,
+        )
+        .into()
     }
 
     /// Queues one event, waiting for deliveries when the local queue is full.
@@ -145,26 +162,13 @@ impl KafkaDeadLetter {
             .as_ref()
             .and_then(|extras| extras.key.as_deref())
             .unwrap_or(identity.as_bytes());
-        let mut record = FutureRecord::to(&self.topic)
+        let record = FutureRecord::to(&self.topic)
             .payload(&event.payload)
             .key(key)
             .headers(headers);
-        loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    match pending.pop() {
-                        Some(delivery) => check_delivery(&self.topic, delivery.await)?,
-                        None => tokio::time::sleep(Duration::from_millis(10)).await,
-                    }
-                }
-                Err((error, _)) => return Err(kafka_error(&self.topic, "producing", error)),
-            }
-        }
+        kafka::send_queued(&self.producer, record, pending)
+            .await
+            .map_err(|error| KafkaError::request("producing", self.target.clone(), error).into())
     }
 }
 
@@ -196,22 +200,17 @@ impl DeadLetter for KafkaDeadLetter {
             self.queue(event, &epoch, &mut pending).await?;
         }
         for delivery in pending {
-            check_delivery(&self.topic, delivery.await)?;
+            kafka::delivered(delivery.await).map_err(|error| {
+                DeadLetterError::from(KafkaError::request(
+                    "delivering",
+                    self.target.clone(),
+                    error,
+                ))
+            })?;
         }
         self.write_mark(key).await?;
         self.written_through = Some(Some(key.epoch));
         Ok(())
-    }
-}
-
-fn check_delivery(
-    topic: &str,
-    delivery: <DeliveryFuture as Future>::Output,
-) -> Result<(), DeadLetterError> {
-    match delivery {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((error, _))) => Err(kafka_error(topic, "delivering", error)),
-        Err(_) => Err(kafka_error(topic, "delivering", KafkaError::Canceled)),
     }
 }
 
@@ -227,11 +226,4 @@ fn describe(reason: &Reason) -> (&'static str, String) {
         } => format!("event time {event_time} is before the watermark {watermark}"),
     };
     (reason.label(), detail)
-}
-
-fn kafka_error(topic: &str, action: &str, error: KafkaError) -> DeadLetterError {
-    DeadLetterError::Kafka {
-        topic: topic.to_owned(),
-        message: format!("{action}: {error}"),
-    }
 }

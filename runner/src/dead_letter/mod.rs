@@ -11,9 +11,10 @@ use sluice_crds::{DeadLetterSpec, SourceSpec};
 
 pub use self::{kafka::KafkaDeadLetter, object_store::ObjectStoreDeadLetter};
 use crate::{
+    kafka::{KafkaConnection, KafkaError},
     secrets::Secrets,
     sink::EpochKey,
-    source::{KafkaConnection, PartitionId, Record, RecordExtras},
+    source::{PartitionId, Record, RecordExtras},
 };
 
 /// Why an event was dead-lettered.
@@ -77,10 +78,13 @@ pub enum DeadLetterError {
     },
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
-    #[error("dead-letter topic {topic}: {message}")]
-    Kafka { topic: String, message: String },
-    #[error(transparent)]
-    Source(#[from] crate::source::SourceError),
+    /// While writing, transient: the brokers may come back.
+    #[error("dead-letter output: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(
+        "dead-letter topic {topic}: set deadLetter.kafka.bootstrapServers: the source is not Kafka or Event Hubs"
+    )]
+    NoKafkaBrokers { topic: String },
     #[error("dead-letter output kind {0} is not available in this build")]
     NotBuilt(&'static str),
 }
@@ -114,11 +118,12 @@ pub fn from_spec(
                     bootstrap_servers: servers.clone(),
                     ..KafkaConnection::default()
                 },
-                None => KafkaConnection::of_source(source, &Secrets::from_env())?
-                    .ok_or_else(|| DeadLetterError::Kafka {
+                None => {
+                    let of_source = KafkaConnection::of_source(source, &Secrets::from_env())?;
+                    of_source.ok_or_else(|| DeadLetterError::NoKafkaBrokers {
                         topic: kafka.topic.clone(),
-                        message: "set deadLetter.kafka.bootstrapServers: the source is not Kafka or Event Hubs".into(),
-                    })?,
+                    })?
+                }
             };
             Ok(Box::new(KafkaDeadLetter::new(&connection, &kafka.topic)?))
         }

@@ -11,9 +11,10 @@ use super::{
     Pipeline, PipelineError, Role, RunSummary, RunnerIdentity, sinks_from_spec, source_context,
 };
 use crate::{
+    kafka::KafkaConnection,
     secrets::Secrets,
     shuffle::RepartitionTopic,
-    source::{self, KafkaConnection, KafkaSource, KafkaTopics},
+    source::{self, KafkaSource, KafkaTopics, SourceError},
     telemetry::Telemetry,
 };
 
@@ -39,7 +40,8 @@ impl Job {
                 });
             }
         };
-        let connection = KafkaConnection::from_spec(kafka, &Secrets::from_env())?;
+        let connection = KafkaConnection::from_kafka_spec(kafka, &Secrets::from_env())
+            .map_err(SourceError::from)?;
         let key_groups = u32::try_from(spec.key_groups).unwrap_or(1).max(1);
         let topic = Arc::new(
             RepartitionTopic::ensure(&connection, &identity.repartition_topic, key_groups).await?,

@@ -6,13 +6,13 @@ use std::time::Duration;
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    error::{KafkaError, RDKafkaErrorCode},
-    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
+    error::KafkaError,
+    producer::{DeliveryFuture, FutureProducer, FutureRecord},
     types::RDKafkaErrorCode as Code,
 };
 
 use super::{ShuffleRecord, partials::Routed};
-use crate::source::KafkaConnection;
+use crate::kafka::{self, KafkaConnection};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -128,44 +128,18 @@ impl RepartitionTopic {
                 ShuffleRecord::Partial { key, .. } => key.as_bytes(),
                 ShuffleRecord::Progress { .. } => &[],
             };
-            let mut message = FutureRecord::to(&self.name)
+            let message = FutureRecord::to(&self.name)
                 .partition(*group as i32)
                 .key(key)
                 .payload(&payload);
-            loop {
-                match self.producer.send_result(message) {
-                    Ok(delivery) => {
-                        pending.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        message = back;
-                        match pending.pop() {
-                            Some(delivery) => self.delivered(delivery.await)?,
-                            None => tokio::time::sleep(Duration::from_millis(10)).await,
-                        }
-                    }
-                    Err((error, _)) => return Err(self.error("producing", error)),
-                }
-            }
+            kafka::send_queued(&self.producer, message, &mut pending)
+                .await
+                .map_err(|error| self.error("producing", error))?;
         }
         for delivery in pending {
-            self.delivered(delivery.await)?;
+            kafka::delivered(delivery.await).map_err(|error| self.error("delivering", error))?;
         }
-        self.producer
-            .flush(REQUEST_TIMEOUT)
-            .map_err(|error| self.error("flushing", error))
-    }
-
-    fn delivered(
-        &self,
-        delivery: <DeliveryFuture as std::future::Future>::Output,
-    ) -> Result<(), RepartitionError> {
-        match delivery {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((error, _))) => Err(self.error("delivering", error)),
-            Err(_) => Err(self.error("delivering", KafkaError::Canceled)),
-        }
+        Ok(())
     }
 
     fn error(&self, action: &'static str, error: KafkaError) -> RepartitionError {

@@ -33,7 +33,7 @@ pub use self::{
     eventhub::event_hub_source,
     file::FileSource,
     generator::GeneratorSource,
-    kafka::{KafkaConnection, KafkaSource, KafkaTopics},
+    kafka::{KafkaSource, KafkaTopics},
     rest::{RestPosition, RestSource},
 };
 

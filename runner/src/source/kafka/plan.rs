@@ -1,0 +1,334 @@
+//! Planning an epoch: which partitions this replica owns, where each one
+//! starts, and how the epoch's record budget is shared between them.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rdkafka::{Offset, TopicPartitionList, consumer::Consumer, error::KafkaError as RdKafkaError};
+use sluice_crds::StartingOffsets;
+
+use super::{KIND, KafkaSource, REQUEST_TIMEOUT};
+use crate::{
+    kafka::{KafkaError, Target, blocking},
+    source::{Backlog, PartitionId, PartitionRange, Planned, Position, Positions, SourceError},
+};
+
+/// How often partition counts are re-read.
+const METADATA_REFRESH: Duration = Duration::from_secs(10);
+/// How long `plan` waits before re-checking a topic that had no new records.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+
+impl KafkaSource {
+    /// The next epoch's range for every owned partition, from `committed`.
+    pub(super) async fn plan_ranges(
+        &mut self,
+        committed: &Positions,
+    ) -> Result<Planned, SourceError> {
+        let first_plan = self.metadata_read_at.is_none();
+        self.refresh_partitions(first_plan).await?;
+        let partitions: Vec<PartitionId> = self.owned.keys().cloned().collect();
+        let mut high = self.list_offsets(partitions.clone(), Offset::End).await?;
+        let nothing_new = self
+            .owned
+            .iter()
+            .all(|(id, state)| high.get(id).is_none_or(|high| *high <= state.planned_to));
+        if nothing_new && !first_plan {
+            tokio::time::sleep(IDLE_WAIT).await;
+            high = self.list_offsets(partitions.clone(), Offset::End).await?;
+        }
+        // Where each partition starts: the checkpoint; else startingOffsets on
+        // a fresh pipeline; else (a partition that appeared later) earliest.
+        // A start chosen once is kept until the checkpoint has the partition.
+        let fresh = committed.is_empty() && first_plan;
+        let use_latest = fresh && self.topics.starting_offsets == StartingOffsets::Latest;
+        let undecided: Vec<PartitionId> = partitions
+            .iter()
+            .filter(|id| {
+                !committed.contains_key(*id)
+                    && self
+                        .owned
+                        .get(*id)
+                        .is_none_or(|s| s.initial_start.is_none())
+            })
+            .cloned()
+            .collect();
+        let earliest = if use_latest {
+            HashMap::new()
+        } else {
+            self.list_offsets(undecided, Offset::Beginning).await?
+        };
+        let mut starts = BTreeMap::new();
+        for id in &partitions {
+            let state = self.owned.entry(id.clone()).or_default();
+            let start = match (committed.get(id), state.initial_start) {
+                (Some(Position::Offset(offset)), _) => *offset,
+                (Some(position), _) => {
+                    return Err(SourceError::BadPosition {
+                        source_kind: KIND,
+                        partition: id.clone(),
+                        position: position.clone(),
+                    });
+                }
+                (None, Some(start)) => start,
+                (None, None) => {
+                    let chosen = if use_latest {
+                        high.get(id)
+                    } else {
+                        earliest.get(id)
+                    };
+                    let Some(&start) = chosen else {
+                        let target =
+                            Target::brokers(&self.brokers).partition(&id.stream, id.partition);
+                        return Err(KafkaError::NoOffsets { target }.into());
+                    };
+                    if !fresh {
+                        tracing::info!(partition = %id, start, "new partition: reading from its earliest offset");
+                    }
+                    state.initial_start = Some(start);
+                    start
+                }
+            };
+            starts.insert(id.clone(), start);
+        }
+        let backlogs: Vec<i64> = partitions
+            .iter()
+            .map(|id| (high.get(id).copied().unwrap_or(0) - starts[id]).max(0))
+            .collect();
+        let takes = share_budget(&backlogs, self.epoch_budget());
+        let mut ranges = Vec::with_capacity(partitions.len());
+        for ((id, take), high_watermark) in partitions.iter().zip(takes).zip(
+            partitions
+                .iter()
+                .map(|id| high.get(id).copied().unwrap_or(0)),
+        ) {
+            let start = starts[id];
+            if let Some(state) = self.owned.get_mut(id) {
+                state.high_watermark = high_watermark;
+                state.planned_to = start + take;
+            }
+            ranges.push(PartitionRange {
+                partition: id.clone(),
+                start: Position::Offset(start),
+                end: Position::Offset(start + take),
+            });
+        }
+        Ok(Planned::Ranges(ranges))
+    }
+
+    /// Records not yet planned per owned partition, and how old the last
+    /// record read is when some are left.
+    pub(super) fn backlogs(&self) -> Vec<Backlog> {
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        self.owned
+            .iter()
+            .map(|(id, state)| {
+                let records = (state.high_watermark - state.planned_to).max(0);
+                Backlog {
+                    partition: id.clone(),
+                    records,
+                    seconds: match (records, state.last_timestamp_ms) {
+                        (0, _) | (_, None) => 0.0,
+                        (_, Some(read)) => ((now_ms - read).max(0) as f64) / 1000.0,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Re-reads partition counts when due; new owned partitions join `owned`.
+    async fn refresh_partitions(&mut self, first_plan: bool) -> Result<(), SourceError> {
+        if self
+            .metadata_read_at
+            .is_some_and(|at| at.elapsed() < METADATA_REFRESH)
+        {
+            return Ok(());
+        }
+        let topics = self.topics.topics.clone();
+        let asked_at = Instant::now();
+        let counts = blocking(Arc::clone(&self.metadata), move |client| {
+            topics
+                .iter()
+                .map(|topic| {
+                    let metadata = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+                    let count = metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic && t.error().is_none())
+                        .map_or(0, |t| t.partitions().len());
+                    Ok((topic.clone(), count))
+                })
+                .collect::<Result<Vec<_>, RdKafkaError>>()
+        })
+        .await
+        .map_err(|error| {
+            self.request_failed("reading topic metadata", self.target(), error, asked_at)
+        })?;
+        for (topic, count) in counts {
+            if count == 0 {
+                return Err(KafkaError::NoSuchTopic {
+                    target: self.target().topic(&topic),
+                }
+                .into());
+            }
+            let previous = self.partition_counts.insert(topic.clone(), count);
+            match previous {
+                Some(previous) if previous < count => tracing::info!(
+                    %topic, previous, count,
+                    "partition count grew; new partitions are read from their earliest offset"
+                ),
+                Some(previous) if previous > count => tracing::error!(
+                    %topic, previous, count,
+                    "partition count shrank (topic re-created?); the missing partitions are no longer read"
+                ),
+                _ if first_plan => tracing::info!(%topic, count, "reading topic"),
+                _ => {}
+            }
+            self.owned
+                .retain(|id, _| id.stream != topic || (id.partition as usize) < count);
+            for partition in 0..count as i32 {
+                if partition as u32 % self.replicas == self.replica {
+                    self.owned
+                        .entry(PartitionId::new(topic.clone(), partition))
+                        .or_default();
+                }
+            }
+        }
+        self.metadata_read_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Earliest (`Offset::Beginning`) or latest (`Offset::End`) offsets of `partitions`.
+    async fn list_offsets(
+        &self,
+        partitions: Vec<PartitionId>,
+        which: Offset,
+    ) -> Result<HashMap<PartitionId, i64>, SourceError> {
+        const LISTING: &str = "listing offsets";
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut list = TopicPartitionList::new();
+        for id in &partitions {
+            list.add_partition_offset(&id.stream, id.partition, which)
+                .map_err(|error| {
+                    KafkaError::request(
+                        LISTING,
+                        self.target().partition(&id.stream, id.partition),
+                        error,
+                    )
+                })?;
+        }
+        let asked_at = Instant::now();
+        let listed = blocking(Arc::clone(&self.metadata), move |client| {
+            client.offsets_for_times(list, REQUEST_TIMEOUT)
+        })
+        .await
+        .map_err(|error| self.request_failed(LISTING, self.target(), error, asked_at))?;
+        let mut offsets = HashMap::new();
+        for element in listed.elements() {
+            let id = PartitionId::new(element.topic(), element.partition());
+            let target = self.target().partition(&id.stream, id.partition);
+            if let Err(error) = element.error() {
+                return Err(KafkaError::request(LISTING, target, error).into());
+            }
+            match element.offset() {
+                Offset::Offset(offset) => {
+                    offsets.insert(id, offset);
+                }
+                other => {
+                    return Err(KafkaError::UnexpectedOffset {
+                        target,
+                        answer: format!("{other:?}"),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// This epoch's record budget: `maxOffsetsPerTrigger`, and the per-second
+    /// rate over the time since the previous plan.
+    fn epoch_budget(&mut self) -> i64 {
+        let now = Instant::now();
+        let elapsed = self
+            .last_plan_at
+            .map_or(Duration::from_secs(1), |at| now - at);
+        self.last_plan_at = Some(now);
+        match self.topics.limits.max_records_per_second {
+            Some(rate) if rate > 0 => {
+                let allowed = (rate as f64 * elapsed.as_secs_f64()).ceil() as i64;
+                allowed.clamp(1, self.max_records_per_epoch)
+            }
+            _ => self.max_records_per_epoch,
+        }
+    }
+}
+
+/// Splits `budget` records over partitions. Every partition with a backlog
+/// gets a fair floor first (an even share of half the budget, at least one
+/// record), so a partition with a small backlog is read every epoch instead
+/// of waiting behind big ones until it is taken for idle; the rest goes in
+/// proportion to what is left of each backlog. With fewer records in the
+/// budget than partitions with data, each still reads one.
+fn share_budget(backlogs: &[i64], budget: i64) -> Vec<i64> {
+    let total: i64 = backlogs.iter().sum();
+    if total <= budget {
+        return backlogs.to_vec();
+    }
+    let with_data = backlogs.iter().filter(|backlog| **backlog > 0).count() as i64;
+    let floor = (budget / (2 * with_data.max(1))).max(1);
+    let mut takes: Vec<i64> = backlogs
+        .iter()
+        .map(|backlog| (*backlog).min(floor))
+        .collect();
+    let budget = (budget - takes.iter().sum::<i64>()).max(0);
+    let rest: Vec<i64> = backlogs.iter().zip(&takes).map(|(b, t)| b - t).collect();
+    let rest_total: i64 = rest.iter().sum();
+    let mut shares: Vec<i64> = rest
+        .iter()
+        .map(|left| ((*left as i128 * budget as i128) / rest_total.max(1) as i128) as i64)
+        .collect();
+    let mut left = budget - shares.iter().sum::<i64>();
+    for (share, rest) in shares.iter_mut().zip(&rest) {
+        if left == 0 {
+            break;
+        }
+        if *share < *rest {
+            *share += 1;
+            left -= 1;
+        }
+    }
+    for (take, share) in takes.iter_mut().zip(shares) {
+        *take += share;
+    }
+    takes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_is_shared_in_proportion_to_backlog() {
+        assert_eq!(share_budget(&[10, 0, 5], 100), vec![10, 0, 5]);
+        // A floor of 25 each, then the other 50 in proportion to 275 and 75.
+        assert_eq!(share_budget(&[300, 100], 100), vec![65, 35]);
+        assert_eq!(share_budget(&[1_000_000, 0], 100), vec![100, 0]);
+    }
+
+    #[test]
+    fn every_partition_with_a_backlog_is_read_every_epoch() {
+        // One huge backlog and a few records elsewhere: proportional shares
+        // would round the small ones down to nothing, epoch after epoch.
+        let backlogs = [10_000_000, 3, 40, 0];
+        let takes = share_budget(&backlogs, 100_000);
+        assert_eq!(&takes[1..], &[3, 40, 0]);
+        assert_eq!(takes.iter().sum::<i64>(), 100_000);
+        // Fewer records in the budget than partitions with data: one each.
+        assert_eq!(share_budget(&[5, 5, 5], 2), vec![1, 1, 1]);
+    }
+}
