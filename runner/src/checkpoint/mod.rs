@@ -97,6 +97,10 @@ pub struct Checkpoint {
     /// each has applied from every source partition).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_groups: KeyGroupsState,
+    /// How many replicas the pipeline ran with: partitions and key groups
+    /// are shared out by it. Absent in checkpoints written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
     /// Wall-clock time it was written (RFC 3339).
     pub written_at: String,
 }

@@ -102,6 +102,10 @@ pub enum PipelineError {
     #[error(transparent)]
     Repartition(#[from] RepartitionError),
     #[error(
+        "{uri}: the checkpoints were written with spec.parallelism {written}, and this runner is one of {now} replicas; replicas own partitions and key groups by their number, so resuming would skip or repeat data. Changing spec.parallelism of a pipeline that has checkpoints is not supported yet: set it back to {written}, or delete the pipeline's checkpoints to start over from the source's startingOffsets"
+    )]
+    Rescaled { uri: String, written: u32, now: u32 },
+    #[error(
         "the checkpoint store holds plans for epochs {found:?} after checkpoint {checkpoint:?}; expected consecutive epochs"
     )]
     PlanGap {
@@ -391,6 +395,15 @@ impl Pipeline {
     async fn recover(&mut self) -> Result<(), PipelineError> {
         if let Some(checkpoint) = self.checkpoints.latest_checkpoint().await? {
             tracing::info!(epoch = checkpoint.epoch, "restoring checkpoint");
+            if let Some(written) = checkpoint.replicas
+                && written != self.identity.replicas
+            {
+                return Err(PipelineError::Rescaled {
+                    uri: self.checkpoints.uri(),
+                    written,
+                    now: self.identity.replicas,
+                });
+            }
             self.positions = checkpoint.positions;
             self.engine
                 .restore(checkpoint.state, checkpoint.key_groups, checkpoint.dedup);
@@ -531,6 +544,7 @@ impl Pipeline {
             state: self.engine.snapshot(),
             dedup: self.engine.dedup_snapshot(),
             key_groups: self.engine.key_groups_snapshot(),
+            replicas: Some(self.identity.replicas),
             written_at: jiff::Timestamp::now().to_string(),
         };
         self.checkpoints.put_checkpoint(&checkpoint).await?;

@@ -25,13 +25,7 @@ fn event(time: i64, event_type: &str) -> String {
 /// Produces `(partition, payload)` messages to a new two-partition topic.
 fn produce(broker: &KafkaBroker, messages: &[(i32, String)]) {
     broker.create_topic(TOPIC, 2).unwrap();
-    let producer = broker.producer().unwrap();
-    for (partition, payload) in messages {
-        producer
-            .send(TOPIC, *partition, None, payload.as_bytes())
-            .unwrap();
-    }
-    producer.flush().unwrap();
+    crate::kafka::send_all(broker, TOPIC, messages);
 }
 
 /// The reference query over the topic, `max` records per epoch, with `extra`

@@ -52,20 +52,7 @@ impl Topic {
             .enumerate()
             .map(|(i, line)| ((i % PARTITIONS as usize) as i32, line.to_owned()))
             .collect();
-        let closing = START + events as i64 * 10 + 10 * MINUTE;
-        for partition in 0..PARTITIONS {
-            lines.push(Line::Event {
-                time: closing,
-                event_type: "view",
-            });
-            messages.push((
-                partition,
-                format!(
-                    "{{\"timestamp\":\"{}\",\"event_type\":\"view\",\"key\":\"close\",\"value\":0}}",
-                    rfc3339(closing)
-                ),
-            ));
-        }
+        close_partitions(&mut lines, &mut messages, events, PARTITIONS);
         Self { lines, messages }
     }
 
@@ -77,13 +64,7 @@ impl Topic {
     /// Produces `messages[from..to]`, then checks that the broker's end
     /// offsets count exactly `messages[..to]`.
     fn produce_up_to(&self, broker: &KafkaBroker, from: usize, to: usize) {
-        let producer = broker.producer().unwrap();
-        for (partition, payload) in &self.messages[from..to] {
-            producer
-                .send(TOPIC, *partition, None, payload.as_bytes())
-                .unwrap();
-        }
-        producer.flush().unwrap();
+        send_all(broker, TOPIC, &self.messages[from..to]);
         let mut per_partition = vec![0i64; PARTITIONS as usize];
         for (partition, _) in &self.messages[..to] {
             per_partition[*partition as usize] += 1;
@@ -103,6 +84,42 @@ impl Topic {
             })
             .collect()
     }
+}
+
+/// Appends to the data set a closing event per partition, ten minutes after
+/// the data: the final watermark (the minimum over partitions) then passes
+/// every data window whatever order the partitions were read in.
+pub(crate) fn close_partitions(
+    lines: &mut Vec<Line>,
+    messages: &mut Vec<(i32, String)>,
+    events: usize,
+    partitions: i32,
+) {
+    let closing = START + events as i64 * 10 + 10 * MINUTE;
+    for partition in 0..partitions {
+        lines.push(Line::Event {
+            time: closing,
+            event_type: "view",
+        });
+        messages.push((
+            partition,
+            format!(
+                "{{\"timestamp\":\"{}\",\"event_type\":\"view\",\"key\":\"close\",\"value\":0}}",
+                rfc3339(closing)
+            ),
+        ));
+    }
+}
+
+/// Produces `(partition, payload)` messages to `topic` and waits for them.
+pub(crate) fn send_all(broker: &KafkaBroker, topic: &str, messages: &[(i32, String)]) {
+    let producer = broker.producer().unwrap();
+    for (partition, payload) in messages {
+        producer
+            .send(topic, *partition, None, payload.as_bytes())
+            .unwrap();
+    }
+    producer.flush().unwrap();
 }
 
 /// The reference query over the topic; `kafka_extra` adds lines to the
