@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod permissions;
 pub mod reconcile;
 pub mod render;
+pub mod rescale;
 pub mod run;
 pub mod server;
 pub mod status;

@@ -18,7 +18,8 @@ pub struct Metrics {
     pub lag_records: GaugeVec,
     /// Seconds behind (worst partition), per `namespace` and `pipeline`.
     pub lag_seconds: GaugeVec,
-    /// Runners a pipeline should have (0 when suspended), per `namespace` and `pipeline`.
+    /// Runners a pipeline should have (0 when suspended or draining for a
+    /// rescale), per `namespace` and `pipeline`.
     pub runners_desired: GaugeVec,
     /// Runners that answer their `/status` ready, per `namespace` and `pipeline`.
     pub runners_ready: GaugeVec,
@@ -68,7 +69,7 @@ impl Metrics {
         let runners_desired = GaugeVec::new(
             Opts::new(
                 "sluice_pipeline_runners_desired",
-                "Runners the pipeline should have: spec.parallelism, 0 when suspended",
+                "Runners the pipeline should have: spec.parallelism, 0 when suspended or while a rescale stops the old runners",
             ),
             labels,
         )?;

@@ -31,7 +31,8 @@ use crate::{
     context::{Context, FIELD_MANAGER},
     error::{self, Error},
     fingerprint::state_fingerprint,
-    render::{self, Names, lineage_uri},
+    render::{self, Names, Runners, lineage_uri},
+    rescale,
     status::{
         aggregate::{RunnersSummary, aggregate},
         conditions::{self, DEGRADED, Desired, PROGRESSING, READY},
@@ -42,6 +43,10 @@ use crate::{
 
 /// Finalizer that applies `spec.checkpoint.retainOnDelete`.
 pub const FINALIZER: &str = "sluice.dev/checkpoints";
+
+/// Progressing's message while a refused spec holds a rescale up.
+const RESCALE_PAUSED: &str =
+    "a rescale is paused until the problem in Ready is fixed: no runners run until then";
 
 /// Reconciles `pipeline`: the entry point for kube's `Controller`, and for tests.
 pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -147,40 +152,47 @@ async fn apply(pipeline: &StreamPipeline, ctx: &Context, namespace: &str) -> Res
         _ => status.state_fingerprint = Some(fingerprint),
     }
 
-    let rendered = render::render(pipeline, &ctx.settings, status.lineage)?;
-    server_side_apply(ctx, namespace, &rendered.service_account).await?;
-    server_side_apply(ctx, namespace, &rendered.config_map).await?;
-    server_side_apply(ctx, namespace, &rendered.service).await?;
-    let stateful_set = server_side_apply(ctx, namespace, &rendered.stateful_set).await?;
-
-    if pipeline.spec.suspend {
-        suspended(pipeline, &mut status, now);
+    // A change of spec.parallelism stops every runner of the old set before
+    // the new one starts (see `rescale`); a refused spec never gets here.
+    let desired = pipeline.spec.parallelism;
+    let drain = drain_old_runners(pipeline, ctx, namespace, &old, &mut status, &mut events).await?;
+    if let Some((from, pods)) = &drain {
+        if pipeline.spec.suspend {
+            let note = format!(
+                "spec.parallelism changed from {from} to {desired}: {desired} runners start when it is resumed"
+            );
+            suspended(pipeline, &mut status, Some(&note), now);
+        } else {
+            let message = rescale::waiting_message(*from, desired, pods, now);
+            rescaling(pipeline, &mut status, pods.len(), message, now);
+        }
     } else {
-        let (answers, pod_problems) = futures::join!(
-            ctx.runners.fetch_all(pipeline, pipeline.spec.parallelism),
-            runner_pod_problems(pipeline, ctx, namespace, now),
-        );
-        running(
-            pipeline,
-            &mut status,
-            &old,
-            &aggregate(&answers),
-            &pod_problems?,
-            &stateful_set,
-            now,
-        );
+        status.running_parallelism = Some(desired);
+        let runners = Runners::of(pipeline);
+        let stateful_set = apply_owned(ctx, namespace, pipeline, status.lineage, runners).await?;
+        if pipeline.spec.suspend {
+            suspended(pipeline, &mut status, None, now);
+        } else {
+            let (answers, pod_problems) = futures::join!(
+                ctx.runners.fetch_all(pipeline, desired),
+                runner_pod_problems(pipeline, ctx, namespace, now),
+            );
+            running(
+                pipeline,
+                &mut status,
+                &old,
+                &aggregate(&answers),
+                &pod_problems?,
+                &stateful_set,
+                now,
+            );
+        }
     }
+    let starting = drain.is_none() && !pipeline.spec.suspend;
     ctx.metrics.set_runners(
         namespace,
         &pipeline.name_any(),
-        Some((
-            if pipeline.spec.suspend {
-                0
-            } else {
-                pipeline.spec.parallelism
-            },
-            status.ready_replicas,
-        )),
+        Some((if starting { desired } else { 0 }, status.ready_replicas)),
     );
     condition_events(&old, &status, &mut events);
     let transitions = alerts::transitions(&old.alerts, &status.alerts);
@@ -210,7 +222,83 @@ async fn apply(pipeline: &StreamPipeline, ctx: &Context, namespace: &str) -> Res
             .map(|lag| (lag.records as f64, lag.seconds)),
     );
     ctx.reset_backoff(pipeline);
-    Ok(Action::requeue(ctx.settings.resync_interval))
+    let next = match drain {
+        Some(_) if !pipeline.spec.suspend => ctx.settings.resync_interval.min(rescale::DRAIN_POLL),
+        _ => ctx.settings.resync_interval,
+    };
+    Ok(Action::requeue(next))
+}
+
+/// When the runners were started with another parallelism than the spec's,
+/// stops them (the owned objects of the old set, scaled to zero) and returns
+/// that parallelism and the runner pods left, for as long as any is left or
+/// the StatefulSet has not confirmed it runs none (or the pipeline is
+/// suspended). None when the spec's set may run: a rescale is then recorded
+/// in status already, and `events` has `Rescaled`.
+async fn drain_old_runners(
+    pipeline: &StreamPipeline,
+    ctx: &Context,
+    namespace: &str,
+    old: &StreamPipelineStatus,
+    status: &mut StreamPipelineStatus,
+    events: &mut Events,
+) -> Result<Option<(i32, Vec<Pod>)>, Error> {
+    let desired = pipeline.spec.parallelism;
+    let started_with = match old.running_parallelism {
+        Some(running) => Some(running),
+        None => rescale::started_with(
+            &rescale::runner_pods(pipeline, &ctx.client, namespace).await?,
+            desired,
+        ),
+    };
+    let Some(from) = started_with.filter(|&n| n != desired) else {
+        return Ok(None);
+    };
+    let stopped = apply_owned(
+        ctx,
+        namespace,
+        pipeline,
+        status.lineage,
+        Runners::stopped(from),
+    )
+    .await?;
+    let pods = rescale::runner_pods(pipeline, &ctx.client, namespace).await?;
+    if !pods.is_empty() || !rescale::scaled_to_zero(&stopped) || pipeline.spec.suspend {
+        status.running_parallelism = Some(from);
+        return Ok(Some((from, pods)));
+    }
+    // Recorded before the new set starts: should this reconcile stop
+    // half-way, the next one must not drain the new set again.
+    let recorded = StreamPipelineStatus {
+        running_parallelism: Some(desired),
+        ..old.clone()
+    };
+    write_status(pipeline, ctx, namespace, old, &recorded).await?;
+    events.push(event(
+        EventType::Normal,
+        rescale::RESCALED,
+        format!(
+            "rescaled from {from} to {desired} runners: every runner of the old set has stopped; \
+             {desired} runners start and resume from the checkpoints"
+        ),
+    ));
+    Ok(None)
+}
+
+/// Renders the owned objects for `runners` and applies them; the StatefulSet
+/// as the API server returned it (with its status).
+async fn apply_owned(
+    ctx: &Context,
+    namespace: &str,
+    pipeline: &StreamPipeline,
+    lineage: i64,
+    runners: Runners,
+) -> Result<StatefulSet, Error> {
+    let rendered = render::render(pipeline, &ctx.settings, lineage, runners)?;
+    server_side_apply(ctx, namespace, &rendered.service_account).await?;
+    server_side_apply(ctx, namespace, &rendered.config_map).await?;
+    server_side_apply(ctx, namespace, &rendered.service).await?;
+    server_side_apply(ctx, namespace, &rendered.stateful_set).await
 }
 
 /// Leaves the owned objects as they are, reports why, and retries with
@@ -231,6 +319,11 @@ async fn refuse(
     // The runners keep the last accepted spec; `suspend` alone is safe to
     // honour (it only stops them, checkpoints are kept), so it is.
     let mut message = invalid.message.clone();
+    // A drain under way stays as it is (scaled to zero) until the spec is
+    // accepted again; Progressing carries that across refused reconciles.
+    let rescale_paused = !pipeline.spec.suspend
+        && conditions::get(&old.conditions, PROGRESSING)
+            .is_some_and(|c| c.reason == rescale::RESCALING || c.message == RESCALE_PAUSED);
     let runners = if pipeline.spec.suspend {
         let stopped = suspend_runners(pipeline, ctx, &namespace).await?;
         no_runners(&mut status);
@@ -245,6 +338,12 @@ async fn refuse(
             message.push_str("; spec.suspend is true: no runners run");
         }
         "spec.suspend is true: no runners run, so no alert threshold is evaluated"
+    } else if rescale_paused {
+        message.push_str(
+            "; a rescale was under way: the runners of the old set are stopped, and the new set starts \
+             once the spec is accepted",
+        );
+        "not evaluated while the spec is refused (see Ready): a rescale is paused and no runners run"
     } else {
         "not evaluated while the spec is refused (see Ready): the runners keep running the last accepted spec"
     };
@@ -252,7 +351,11 @@ async fn refuse(
         PROGRESSING,
         false,
         invalid.reason,
-        "waiting for the problem in Ready to be fixed",
+        if rescale_paused {
+            RESCALE_PAUSED
+        } else {
+            "waiting for the problem in Ready to be fixed"
+        },
     );
     conditions::set(&mut status.conditions, progressing, generation, &time);
     let ready = Desired::new(READY, false, invalid.reason, message);
@@ -325,18 +428,62 @@ fn no_runners(status: &mut StreamPipelineStatus) {
     status.alerts = Vec::new();
 }
 
-fn suspended(pipeline: &StreamPipeline, status: &mut StreamPipelineStatus, now: Timestamp) {
+/// `note`: a rescale waiting for the resume.
+fn suspended(
+    pipeline: &StreamPipeline,
+    status: &mut StreamPipelineStatus,
+    note: Option<&str>,
+    now: Timestamp,
+) {
     let (generation, time) = (pipeline.metadata.generation, Time(now));
     status.phase = Some(Phase::Suspended);
     no_runners(status);
-    let message = "spec.suspend is true: no runners run; checkpoints are kept and resumed from when it is set back to false";
+    let mut message = String::from(
+        "spec.suspend is true: no runners run; checkpoints are kept and resumed from when it is set back to false",
+    );
+    if let Some(note) = note {
+        message.push_str("; ");
+        message.push_str(note);
+    }
     for (type_, state) in [(READY, false), (PROGRESSING, false), (DEGRADED, false)] {
         conditions::set(
             &mut status.conditions,
-            Desired::new(type_, state, "Suspended", message),
+            Desired::new(type_, state, "Suspended", message.clone()),
             generation,
             &time,
         );
+    }
+}
+
+/// A drain in progress: `remaining` runner pods of the old set are still
+/// there. Nothing is measured while they stop; alerts and the last lag,
+/// watermark and checkpoint are kept as they were (no alert fires or clears
+/// for a pause the user asked for), and Degraded says it is not evaluated.
+fn rescaling(
+    pipeline: &StreamPipeline,
+    status: &mut StreamPipelineStatus,
+    remaining: usize,
+    message: String,
+    now: Timestamp,
+) {
+    let (generation, time) = (pipeline.metadata.generation, Time(now));
+    status.phase = Some(Phase::Rescaling);
+    status.replicas = i32::try_from(remaining).unwrap_or(i32::MAX);
+    status.ready_replicas = 0;
+    status.events_per_second = None;
+    status.dead_letter_per_second = None;
+    status.duplicates_per_second = None;
+    let degraded = Desired::unknown(
+        DEGRADED,
+        rescale::RESCALING,
+        "not evaluated during a rescale: no runner processes events until the new set starts",
+    );
+    for desired in [
+        Desired::new(READY, false, rescale::RESCALING, message.clone()),
+        Desired::new(PROGRESSING, true, rescale::RESCALING, message),
+        degraded,
+    ] {
+        conditions::set(&mut status.conditions, desired, generation, &time);
     }
 }
 
@@ -497,8 +644,12 @@ fn condition_events(old: &StreamPipelineStatus, new: &StreamPipelineStatus, even
     if before.is_some_and(|b| b.status == ready.status && b.reason == ready.reason) {
         return;
     }
-    let healthy =
-        ready.status == "True" || matches!(ready.reason.as_str(), "Suspended" | "RunnersStarting");
+    // A rescale's start is this Event (reason `Rescaling`), its end `Rescaled`.
+    let healthy = ready.status == "True"
+        || matches!(
+            ready.reason.as_str(),
+            "Suspended" | "RunnersStarting" | rescale::RESCALING
+        );
     let type_ = if healthy {
         EventType::Normal
     } else {

@@ -5,8 +5,8 @@
 --   Degraded=True (a runner pod that cannot run, an alert), or phase
 --   Failed (a refused spec, even with spec.suspend)                    -> Degraded
 --   Ready=True                                                         -> Healthy
---   Ready=False while Progressing=True (starting, rolling, a pod
---   waiting to be scheduled)                                           -> Progressing
+--   Ready=False while Progressing=True (starting, rolling, rescaling,
+--   a pod waiting to be scheduled)                                     -> Progressing
 --   Ready=False otherwise                                              -> Degraded
 -- Only the status decides (spec.suspend with a refused change is not
 -- Suspended). The message is the deciding condition's message.

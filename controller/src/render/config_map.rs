@@ -19,14 +19,21 @@ pub fn lineage_uri(checkpoint_uri: &str, lineage: i64) -> String {
 }
 
 /// The manifest is the pipeline itself (secret references only, never
-/// values), with the checkpoint URI moved to the lineage in use, so the runner
-/// needs nothing but this file.
+/// values), with the checkpoint URI moved to the lineage in use and the
+/// parallelism of the runner set, so the runner needs nothing but this file.
+/// `spec.suspend` is always false in it.
 pub(super) fn render(
     pipeline: &StreamPipeline,
     lineage: i64,
+    parallelism: i32,
 ) -> Result<ConfigMap, serde_yaml::Error> {
     let mut spec = pipeline.spec.clone();
     spec.checkpoint.uri = lineage_uri(&spec.checkpoint.uri, lineage);
+    spec.parallelism = parallelism;
+    // Suspending is the controller's business (it scales the runners to
+    // zero): left out, so that suspend and resume do not change the pod
+    // template, and a rescale's stopped set stays the same generation.
+    spec.suspend = false;
     let mut manifest = StreamPipeline::new(&pipeline.name_any(), spec);
     manifest.metadata = ObjectMeta {
         name: pipeline.metadata.name.clone(),

@@ -22,7 +22,7 @@ use sluice_crds::StreamPipeline;
 pub use self::{
     config_map::{CONFIG_FILE, CONFIG_KEY, lineage_uri},
     secrets::{SecretReference, SecretUse, secret_references},
-    stateful_set::{CONFIG_HASH_ANNOTATION, HTTP_PORT},
+    stateful_set::{CONFIG_HASH_ANNOTATION, HTTP_PORT, REPLICAS_ENV},
 };
 use crate::{Settings, fingerprint::sha256_hex};
 
@@ -57,14 +57,51 @@ impl Names {
     }
 }
 
-/// Renders all owned objects for checkpoint lineage `lineage`, with the
-/// runner defaults of `settings` (image, pull secrets, ServiceAccount annotations).
+/// The runner set to render: the parallelism its pods are given
+/// (`SLUICE_REPLICAS`, and `spec.parallelism` in their manifest) and how many
+/// pods run. The two differ only while runners are stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Runners {
+    pub parallelism: i32,
+    pub replicas: i32,
+}
+
+impl Runners {
+    /// What the spec asks for: `spec.parallelism` pods, none when suspended.
+    pub fn of(pipeline: &StreamPipeline) -> Self {
+        let parallelism = pipeline.spec.parallelism;
+        let replicas = if pipeline.spec.suspend {
+            0
+        } else {
+            parallelism
+        };
+        Self {
+            parallelism,
+            replicas,
+        }
+    }
+
+    /// The set started with `parallelism`, scaled to zero: what a rescale
+    /// applies while the old runners stop, so that no pod of the old set is
+    /// ever replaced by one with another parallelism.
+    pub fn stopped(parallelism: i32) -> Self {
+        Self {
+            parallelism,
+            replicas: 0,
+        }
+    }
+}
+
+/// Renders all owned objects for checkpoint lineage `lineage` and the runner
+/// set `runners`, with the runner defaults of `settings` (image, pull
+/// secrets, ServiceAccount annotations).
 pub fn render(
     pipeline: &StreamPipeline,
     settings: &Settings,
     lineage: i64,
+    runners: Runners,
 ) -> Result<Rendered, serde_yaml::Error> {
-    let config_map = config_map::render(pipeline, lineage)?;
+    let config_map = config_map::render(pipeline, lineage, runners.parallelism)?;
     // The pod template carries a hash of the runner's configuration, so any
     // change of it (the rendered pipeline, hence also the lineage) rolls the pods.
     let config_hash = sha256_hex(
@@ -80,7 +117,7 @@ pub fn render(
             &settings.runner_service_account_annotations,
         ),
         service: service::render(pipeline),
-        stateful_set: stateful_set::render(pipeline, settings, &config_hash),
+        stateful_set: stateful_set::render(pipeline, settings, &config_hash, runners),
         config_map,
     })
 }
@@ -91,6 +128,15 @@ fn selector_labels(pipeline: &StreamPipeline) -> BTreeMap<String, String> {
         ("app.kubernetes.io/name".into(), "sluice-runner".into()),
         (PIPELINE_LABEL.into(), pipeline.name_any()),
     ])
+}
+
+/// The label selector of one pipeline's runner pods, as a query string.
+pub fn runner_pod_selector(pipeline: &StreamPipeline) -> String {
+    selector_labels(pipeline)
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Metadata of an owned object: its name, the pipeline's namespace, labels and

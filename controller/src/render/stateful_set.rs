@@ -1,5 +1,6 @@
-//! The runners: a StatefulSet of `parallelism` pods (zero when suspended),
-//! each knowing its replica index from its pod ordinal.
+//! The runners: a StatefulSet of `parallelism` pods (zero when suspended or
+//! while a rescale stops them), each knowing its replica index from its pod
+//! ordinal.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,13 +23,16 @@ use sluice_crds::{SECRETS_DIR, StreamPipeline, secret_env_var};
 use crate::Settings;
 
 use super::{
-    CONFIG_FILE, CONFIG_KEY, Names, SecretUse, owned_meta, secret_references, selector_labels,
+    CONFIG_FILE, CONFIG_KEY, Names, Runners, SecretUse, owned_meta, secret_references,
+    selector_labels,
 };
 
 /// The runner's HTTP port: `/healthz`, `/readyz`, `/metrics`, `/status`.
 pub const HTTP_PORT: i32 = 8080;
 /// Pod template annotation holding the hash of the rendered pipeline.
 pub const CONFIG_HASH_ANNOTATION: &str = "sluice.dev/config-hash";
+/// The runner's parallelism in its environment: the `N` of `p % N`.
+pub const REPLICAS_ENV: &str = "SLUICE_REPLICAS";
 /// The pod-index label the StatefulSet controller puts on each pod.
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
@@ -36,10 +40,10 @@ pub(super) fn render(
     pipeline: &StreamPipeline,
     settings: &Settings,
     config_hash: &str,
+    runners: Runners,
 ) -> StatefulSet {
     let default_image = settings.runner_image.as_str();
     let spec = &pipeline.spec;
-    let replicas = if spec.suspend { 0 } else { spec.parallelism };
     let mut template_meta = owned_meta(pipeline, String::new());
     template_meta.name = None;
     template_meta.namespace = None;
@@ -52,9 +56,12 @@ pub(super) fn render(
     StatefulSet {
         metadata: owned_meta(pipeline, Names::stateful_set(pipeline)),
         spec: Some(StatefulSetSpec {
-            replicas: Some(replicas),
+            replicas: Some(runners.replicas),
             service_name: Some(Names::service(pipeline)),
-            // Replicas are independent: start and stop them together.
+            // Replicas are independent: start and stop them together. A
+            // rescale's drain then stops every runner at once (OrderedReady
+            // would stop them one after the other, each waiting for the one
+            // above it to be gone), and the new set starts at once.
             pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(pipeline)),
@@ -82,13 +89,17 @@ pub(super) fn render(
                         seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
-                    containers: vec![container(pipeline, default_image, mounts)],
+                    containers: vec![container(pipeline, default_image, mounts, runners)],
                     volumes: Some(volumes),
                     node_selector: (!spec.runner.node_selector.is_empty())
                         .then(|| spec.runner.node_selector.clone()),
                     tolerations: (!spec.runner.tolerations.is_empty())
                         .then(|| spec.runner.tolerations.clone()),
-                    // Time to finish the epoch in flight and checkpoint it.
+                    // Time to finish the epoch in flight and checkpoint it
+                    // on SIGTERM (an epoch is bounded by maxOffsetsPerTrigger
+                    // and takes seconds). A runner killed after it only costs
+                    // a replay of the planned epoch, never a wrong result; a
+                    // drain waits for this long at most per rescale.
                     termination_grace_period_seconds: Some(60),
                     ..PodSpec::default()
                 }),
@@ -110,9 +121,10 @@ fn container(
     pipeline: &StreamPipeline,
     default_image: &str,
     mounts: Vec<VolumeMount>,
+    runners: Runners,
 ) -> Container {
     let spec = &pipeline.spec;
-    let (env, env_from) = environment(pipeline);
+    let (env, env_from) = environment(pipeline, runners);
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -172,7 +184,7 @@ fn value(name: &str, value: impl Into<String>) -> EnvVar {
 /// The runner's environment: identity, listen address, and the Secrets
 /// passed by reference (`secretKeyRef`, `envFrom`). The log filter is in the
 /// manifest (`spec.runner.logLevel`).
-fn environment(pipeline: &StreamPipeline) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
+fn environment(pipeline: &StreamPipeline, runners: Runners) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
     let spec = &pipeline.spec;
     let mut env = vec![
         EnvVar {
@@ -186,7 +198,7 @@ fn environment(pipeline: &StreamPipeline) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
             }),
             ..EnvVar::default()
         },
-        value("SLUICE_REPLICAS", spec.parallelism.to_string()),
+        value(REPLICAS_ENV, runners.parallelism.to_string()),
         value("SLUICE_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
         value(
             "SLUICE_PIPELINE_UID",

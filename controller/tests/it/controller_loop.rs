@@ -30,8 +30,15 @@ async fn ready(client: &kube::Client) -> Option<(String, String, String)> {
     Some((c.status, c.reason, c.message))
 }
 
-#[tokio::test]
-async fn the_running_controller_turns_a_crash_looping_runner_pod_into_a_condition() {
+/// The controller running against an in-memory API holding the test pipeline.
+struct Running {
+    client: kube::Client,
+    runners: RunnerStatuses,
+    stop: tokio::sync::oneshot::Sender<()>,
+    controller: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_controller() -> Running {
     let runners = RunnerStatuses::default();
     let template = runners.serve().await;
     let client = fake_api(vec![pipeline(NAME)], pipeline_secrets()).await;
@@ -54,6 +61,35 @@ async fn the_running_controller_turns_a_crash_looping_runner_pod_into_a_conditio
     let controller = tokio::spawn(start(client.clone(), settings, options, async move {
         let _ = stopped.await;
     }));
+    Running {
+        client,
+        runners,
+        stop,
+        controller,
+    }
+}
+
+/// Stops the controller as a SIGTERM would, cleanly and in time.
+async fn shut_down(
+    stop: tokio::sync::oneshot::Sender<()>,
+    controller: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), controller)
+        .await
+        .expect("the controller stops on shutdown")
+        .unwrap()
+        .expect("a clean stop");
+}
+
+#[tokio::test]
+async fn the_running_controller_turns_a_crash_looping_runner_pod_into_a_condition() {
+    let Running {
+        client,
+        runners,
+        stop,
+        controller,
+    } = start_controller().await;
 
     // It takes the Lease, applies the runners and reports them starting.
     let deadline = Duration::from_secs(60);
@@ -129,15 +165,60 @@ async fn the_running_controller_turns_a_crash_looping_runner_pod_into_a_conditio
         holder(leases.get(LEASE).await.unwrap()).as_deref(),
         Some("sluice-controller-0")
     );
-    stop.send(()).unwrap();
-    tokio::time::timeout(deadline, controller)
-        .await
-        .expect("the controller stops on shutdown")
-        .unwrap()
-        .expect("a clean stop");
+    shut_down(stop, controller).await;
     assert_eq!(
         holder(leases.get(LEASE).await.unwrap()).as_deref(),
         Some(""),
         "released"
     );
+}
+
+#[tokio::test]
+async fn the_running_controller_carries_a_rescale_through_on_pod_and_statefulset_events() {
+    let Running {
+        client,
+        stop,
+        controller,
+        ..
+    } = start_controller().await;
+    let deadline = Duration::from_secs(60);
+    let set = || runner_set(&client, NAME);
+    eventually(deadline, "the set of 2 runners", || async {
+        set().await.filter(|set| *set == (2, "2".into()))
+    })
+    .await;
+    put_running_runner_pods(&client, NAME, 2).await;
+
+    let pipelines = Api::<StreamPipeline>::namespaced(client.clone(), NS);
+    let patch = serde_json::json!({"spec": {"parallelism": 3}});
+    pipelines
+        .patch(NAME, &Default::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually(deadline, "the old set scaled to zero", || async {
+        set().await.filter(|set| *set == (0, "2".into()))
+    })
+    .await;
+    eventually(deadline, "Ready=False Rescaling", || async {
+        ready(&client)
+            .await
+            .filter(|(_, reason, _)| reason == "Rescaling")
+    })
+    .await;
+
+    // Kubernetes' StatefulSet controller stops the pods, then reports none.
+    statefulset_stops_its_pods(&client, NAME, 2).await;
+    eventually(deadline, "the new set of 3 runners", || async {
+        set().await.filter(|set| *set == (3, "3".into()))
+    })
+    .await;
+    let recorded = pipelines
+        .get(NAME)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.running_parallelism);
+    assert_eq!(recorded, Some(3));
+
+    shut_down(stop, controller).await;
 }

@@ -7,4 +7,5 @@ mod controller_loop;
 mod permissions;
 mod pod_status;
 mod reconcile;
+mod rescale;
 mod webhooks;

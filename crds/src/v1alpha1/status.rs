@@ -49,6 +49,11 @@ pub struct StreamPipelineStatus {
     /// Checkpoint lineage in use; incremented by each reset.
     #[serde(default)]
     pub lineage: i64,
+    /// The parallelism the runners that run (or ran last) were started with.
+    /// It differs from `spec.parallelism` while a rescale waits for them to
+    /// stop, and while a suspended pipeline waits to start with the new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_parallelism: Option<i32>,
     /// Alert thresholds of `spec.alerts` currently exceeded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -91,6 +96,10 @@ pub enum Phase {
     Degraded,
     Suspended,
     Failed,
+    // `spec.parallelism` changed: the runners are stopping, and the new set
+    // starts when none is left. (A doc comment here would turn the schema's
+    // enum into a oneOf.)
+    Rescaling,
 }
 
 /// Source lag.

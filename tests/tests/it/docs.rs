@@ -205,6 +205,12 @@ const EXPECTED: &[(&str, &str, Option<&str>, &str)] = &[
     ("unschedulable", "Degraded", Some("Degraded"), "Failed"),
     ("missing-secret", "Degraded", Some("Ready"), "Failed"),
     ("refused-after-alert", "Degraded", Some("Ready"), "Failed"),
+    (
+        "rescaling",
+        "Progressing",
+        Some("Progressing"),
+        "InProgress",
+    ),
     ("suspended", "Suspended", Some("Ready"), "Current"),
     ("suspended-refused", "Degraded", Some("Ready"), "Failed"),
     ("not-observed-yet", "Progressing", None, "InProgress"),

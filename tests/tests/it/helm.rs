@@ -358,7 +358,8 @@ fn pull_secrets_and_workload_identity_reach_the_runner_pods() {
     };
     let pipeline = sluice_crds::parse_pipeline(&fs::read_to_string(first_example()).unwrap())
         .expect("an example pipeline");
-    let rendered = sluice_controller::render::render(&pipeline, &settings, 0).unwrap();
+    let runners = sluice_controller::render::Runners::of(&pipeline);
+    let rendered = sluice_controller::render::render(&pipeline, &settings, 0, runners).unwrap();
     let pod = rendered.stateful_set.spec.unwrap().template.spec.unwrap();
     let names: Vec<String> = pod
         .image_pull_secrets

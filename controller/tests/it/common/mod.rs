@@ -113,6 +113,9 @@ pub async fn fake_api(pipelines: Vec<StreamPipeline>, secrets: Vec<Secret>) -> C
     ClientBuilder::new()
         .with_resource::<StreamPipeline>()
         .with_status_subresource::<StreamPipeline>()
+        // As in a cluster: applying the StatefulSet leaves the status the
+        // StatefulSet controller writes alone.
+        .with_status_subresource::<k8s_openapi::api::apps::v1::StatefulSet>()
         .with_objects(pipelines)
         .with_objects(secrets)
         .build()
@@ -313,6 +316,59 @@ pub async fn put_runner_pod(client: &Client, name: &str, status: serde_json::Val
     pods.create(&Default::default(), &pod)
         .await
         .expect("create pod");
+}
+
+/// Runner pods `<pipeline>-0 .. <pipeline>-<count - 1>`, running and ready.
+pub async fn put_running_runner_pods(client: &Client, pipeline: &str, count: u32) {
+    for replica in 0..count {
+        put_runner_pod(
+            client,
+            &format!("{pipeline}-{replica}"),
+            running_pod_status(),
+        )
+        .await;
+    }
+}
+
+/// (replicas, `SLUICE_REPLICAS`) of the StatefulSet `name`, once it exists.
+pub async fn runner_set(client: &Client, name: &str) -> Option<(i32, String)> {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let spec = Api::<StatefulSet>::namespaced(client.clone(), NS)
+        .get(name)
+        .await
+        .ok()?
+        .spec?;
+    let env = spec.template.spec?.containers.first()?.env.clone()?;
+    let replicas = env
+        .into_iter()
+        .find(|e| e.name == "SLUICE_REPLICAS")?
+        .value?;
+    Some((spec.replicas?, replicas))
+}
+
+/// What Kubernetes' StatefulSet controller does after a scale to zero: the
+/// runner pods `<name>-0 .. <name>-<count - 1>` go, then the StatefulSet's
+/// status reports its current generation with no pod.
+pub async fn statefulset_stops_its_pods(client: &Client, name: &str, count: u32) {
+    use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
+    let pods = Api::<Pod>::namespaced(client.clone(), NS);
+    for replica in 0..count {
+        pods.delete(&format!("{name}-{replica}"), &Default::default())
+            .await
+            .expect("delete pod");
+    }
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), NS);
+    let generation = statefulsets
+        .get(name)
+        .await
+        .expect("StatefulSet")
+        .metadata
+        .generation;
+    let status = serde_json::json!({"status": {"observedGeneration": generation, "replicas": 0}});
+    statefulsets
+        .patch_status(name, &Default::default(), &kube::api::Patch::Merge(&status))
+        .await
+        .expect("StatefulSet status");
 }
 
 /// A PodStatus whose `runner` container is waiting with `reason`/`message`,
