@@ -91,6 +91,7 @@ spec:
         replica: 0,
         replicas: 1,
         repartition_topic: String::new(),
+        generation: 0,
     };
     let pipeline = Pipeline::from_spec(&spec, identity, Arc::clone(&telemetry))?;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);

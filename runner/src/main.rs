@@ -112,6 +112,15 @@ fn init_logging(spec: &StreamPipelineSpec, interactive: bool) {
 }
 
 async fn run(args: RunArgs, manifest: StreamPipeline, interactive: bool) -> anyhow::Result<()> {
+    // Listening first: a runner asked to stop while it starts, recovers or
+    // takes over finishes that and checkpoints, like any other.
+    let (stop_tx, stop) = watch::channel(false);
+    let signal = stop_signal();
+    tokio::spawn(async move {
+        signal.await;
+        tracing::info!("stopping after the current epoch");
+        let _ = stop_tx.send(true);
+    });
     let spec = &manifest.spec;
     let replicas = args
         .replicas
@@ -140,14 +149,9 @@ async fn run(args: RunArgs, manifest: StreamPipeline, interactive: bool) -> anyh
         replica: args.replica,
         replicas,
         repartition_topic: format!("sluice-{namespace}-{name}-keygroups"),
+        generation: 0,
     };
     let job = Job::from_spec(spec, identity, telemetry.clone()).await?;
-    let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stopping after the current epoch");
-        let _ = stop_tx.send(true);
-    });
     let progress = interactive.then(|| tokio::spawn(show_progress(telemetry.clone())));
     let result = job.run(stop).await;
     if let Some(progress) = progress {
@@ -170,19 +174,22 @@ async fn run(args: RunArgs, manifest: StreamPipeline, interactive: bool) -> anyh
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGTERM (how Kubernetes stops a pod) or Ctrl-C, registered at once so
+/// that none arriving from now on is missed.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut terminate) = terminate {
             tokio::select! {
-                _ = term.recv() => {}
+                _ = terminate.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// One live line on the terminal: events/s, watermark, windows emitted.

@@ -24,40 +24,77 @@ use crate::{
     window::WindowState,
 };
 
-/// Whose epoch sequence: a replica's (its source stage, or its whole pipeline
-/// when it computes windows itself) or a replica's key-group stage. Each has
+/// Which of a replica's stages an epoch sequence belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The source stage, or the whole pipeline when the replica computes
+    /// its windows itself.
+    Source,
+    /// The key-group stage.
+    KeyGroups,
+}
+
+/// Whose epoch sequence: one stage of one replica in one *generation* (the
+/// replicas started together with one `spec.parallelism`; a rescale starts
+/// the next generation from the previous one's checkpoints). Each lane has
 /// its own plans, checkpoints, dead-letter objects and sink writer ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Lane {
-    Replica(u32),
-    KeyGroups(u32),
+pub struct Lane {
+    pub stage: Stage,
+    pub replica: u32,
+    pub generation: u64,
 }
 
 impl Lane {
-    /// The folder of its plans, checkpoints and dead-letter objects.
-    pub fn folder(&self) -> String {
-        match self {
-            Self::Replica(replica) => format!("replica-{replica}"),
-            Self::KeyGroups(replica) => format!("keygroups-replica-{replica}"),
+    /// The source stage (or whole pipeline) of `replica`, first generation.
+    pub fn replica(replica: u32) -> Self {
+        Self {
+            stage: Stage::Source,
+            replica,
+            generation: 0,
         }
     }
 
-    /// Its part of sink writer ids; a replica's is its bare index, as in the
-    /// writes of earlier versions.
+    /// The folder of its plans, checkpoints and dead-letter objects. The
+    /// first generation's lanes sit at the top, as before generations existed.
+    pub fn folder(&self) -> String {
+        let lane = match self.stage {
+            Stage::Source => format!("replica-{}", self.replica),
+            Stage::KeyGroups => format!("keygroups-replica-{}", self.replica),
+        };
+        match self.generation {
+            0 => lane,
+            generation => format!("{GENERATION_PREFIX}{generation}/{lane}"),
+        }
+    }
+
+    /// Its part of sink writer ids; a first-generation replica's is its bare
+    /// index, as in the writes of earlier versions.
     pub fn writer(&self) -> String {
-        match self {
-            Self::Replica(replica) => replica.to_string(),
-            Self::KeyGroups(replica) => format!("keygroups-{replica}"),
+        let lane = match self.stage {
+            Stage::Source => self.replica.to_string(),
+            Stage::KeyGroups => format!("keygroups-{}", self.replica),
+        };
+        match self.generation {
+            0 => lane,
+            generation => format!("g{generation}-{lane}"),
         }
     }
 }
 
+/// Folders of the generations after the first: `generation-<g>/`.
+pub const GENERATION_PREFIX: &str = "generation-";
+
 impl std::fmt::Display for Lane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Replica(replica) => write!(f, "replica {replica}"),
-            Self::KeyGroups(replica) => write!(f, "the key-group stage of replica {replica}"),
+        match self.stage {
+            Stage::Source => write!(f, "replica {}", self.replica)?,
+            Stage::KeyGroups => write!(f, "the key-group stage of replica {}", self.replica)?,
         }
+        if self.generation > 0 {
+            write!(f, " (generation {})", self.generation)?;
+        }
+        Ok(())
     }
 }
 
@@ -101,8 +138,15 @@ pub struct Checkpoint {
     /// are shared out by it. Absent in checkpoints written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
+    /// The generation of the lane it belongs to (see [`Lane`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     /// Wall-clock time it was written (RFC 3339).
     pub written_at: String,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// Why the checkpoint store failed.
@@ -264,6 +308,97 @@ impl ObjectStoreCheckpoints {
             error,
         })
     }
+}
+
+/// What one lane holds: its newest checkpoint and the epochs it planned after it.
+#[derive(Clone, Debug)]
+pub struct LaneState {
+    pub lane: Lane,
+    pub latest: Option<Checkpoint>,
+    pub unfinished: Vec<u64>,
+}
+
+impl ObjectStoreCheckpoints {
+    /// The generations that have lanes under the store's root, oldest first.
+    pub async fn generations(
+        store: &Arc<dyn ObjectStore>,
+        uri: &str,
+    ) -> Result<Vec<u64>, CheckpointError> {
+        let folders = Self::folders(store, uri, None).await?;
+        let mut generations: Vec<u64> = folders
+            .iter()
+            .filter_map(|name| name.strip_prefix(GENERATION_PREFIX)?.parse().ok())
+            .collect();
+        if folders.iter().any(|name| lane_of(name, 0).is_some()) {
+            generations.push(0);
+        }
+        generations.sort_unstable();
+        Ok(generations)
+    }
+
+    /// Every lane of `generation`, with its newest checkpoint and unfinished plans.
+    pub async fn lanes(
+        store: &Arc<dyn ObjectStore>,
+        uri: &str,
+        generation: u64,
+    ) -> Result<Vec<LaneState>, CheckpointError> {
+        let prefix =
+            (generation > 0).then(|| Path::from(format!("{GENERATION_PREFIX}{generation}")));
+        let mut lanes = Vec::new();
+        for name in Self::folders(store, uri, prefix.as_ref()).await? {
+            let Some(lane) = lane_of(&name, generation) else {
+                continue;
+            };
+            let checkpoints = Self::new(store.clone(), uri, lane);
+            let latest = checkpoints.latest_checkpoint().await?;
+            let unfinished = checkpoints
+                .plans_after(latest.as_ref().map(|c| c.epoch))
+                .await?
+                .into_iter()
+                .map(|plan| plan.epoch)
+                .collect();
+            lanes.push(LaneState {
+                lane,
+                latest,
+                unfinished,
+            });
+        }
+        Ok(lanes)
+    }
+
+    /// Names of the folders directly under `prefix` (the root for `None`).
+    async fn folders(
+        store: &Arc<dyn ObjectStore>,
+        uri: &str,
+        prefix: Option<&Path>,
+    ) -> Result<Vec<String>, CheckpointError> {
+        let listing =
+            store
+                .list_with_delimiter(prefix)
+                .await
+                .map_err(|error| CheckpointError::Store {
+                    uri: uri.to_owned(),
+                    error,
+                })?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|path| path.filename().map(str::to_owned))
+            .collect())
+    }
+}
+
+/// The lane a folder name denotes (`replica-<r>`, `keygroups-replica-<r>`).
+fn lane_of(name: &str, generation: u64) -> Option<Lane> {
+    let (stage, replica) = match name.strip_prefix("keygroups-replica-") {
+        Some(replica) => (Stage::KeyGroups, replica),
+        None => (Stage::Source, name.strip_prefix("replica-")?),
+    };
+    Some(Lane {
+        stage,
+        replica: replica.parse().ok()?,
+        generation,
+    })
 }
 
 #[async_trait]

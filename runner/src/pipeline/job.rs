@@ -8,7 +8,8 @@ use sluice_crds::{ReadLimits, SinkInput, StartingOffsets, StreamPipelineSpec};
 use tokio::sync::watch;
 
 use super::{
-    Pipeline, PipelineError, Role, RunSummary, RunnerIdentity, sinks_from_spec, source_context,
+    Pipeline, PipelineError, Role, RunSummary, RunnerIdentity, handover, sinks_from_spec,
+    source_context,
 };
 use crate::{
     kafka::KafkaConnection,
@@ -25,15 +26,30 @@ pub struct Job {
 
 impl Job {
     /// The stages a spec needs on this replica. Windows are computed in key
-    /// groups when a Kafka source is read by several replicas; the runner
-    /// creates the repartition topic if it does not exist.
+    /// groups when a Kafka source is read by several replicas (or was: see
+    /// `handover`); the runner creates the repartition topic if it does not
+    /// exist. A changed replica count starts the next generation of lanes
+    /// from the previous one's checkpoints.
     pub async fn from_spec(
         spec: &StreamPipelineSpec,
         identity: RunnerIdentity,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self, PipelineError> {
+        let key_groups = u32::try_from(spec.key_groups).unwrap_or(1).max(1);
+        let takeover = handover::take_over(
+            crate::storage::store_for(&spec.checkpoint.uri)?,
+            &spec.checkpoint.uri,
+            &identity,
+            spec.source.kafka.is_some() && spec.window.is_some(),
+            key_groups,
+        )
+        .await?;
+        let identity = RunnerIdentity {
+            generation: takeover.generation,
+            ..identity
+        };
         let kafka = match &spec.source.kafka {
-            Some(kafka) if spec.window.is_some() && identity.replicas > 1 => kafka,
+            Some(kafka) if takeover.key_groups => kafka,
             _ => {
                 return Ok(Self {
                     stages: vec![Pipeline::from_spec(spec, identity, telemetry)?],
@@ -42,7 +58,6 @@ impl Job {
         };
         let connection = KafkaConnection::from_kafka_spec(kafka, &Secrets::from_env())
             .map_err(SourceError::from)?;
-        let key_groups = u32::try_from(spec.key_groups).unwrap_or(1).max(1);
         let topic = Arc::new(
             RepartitionTopic::ensure(&connection, &identity.repartition_topic, key_groups).await?,
         );

@@ -5,6 +5,7 @@
 //! spec to implementations.
 
 mod engine;
+mod handover;
 mod job;
 
 use std::{
@@ -24,6 +25,7 @@ pub use self::{
 use crate::{
     checkpoint::{
         Checkpoint, CheckpointError, CheckpointStore, EpochPlan, Lane, ObjectStoreCheckpoints,
+        Stage,
     },
     dead_letter::{self, DeadEvent, DeadLetter, DeadLetterError, Reason},
     shuffle::{RepartitionError, RepartitionTopic},
@@ -106,6 +108,16 @@ pub enum PipelineError {
     )]
     Rescaled { uri: String, written: u32, now: u32 },
     #[error(
+        "cannot take over from the previous replicas: {lane} planned epochs {epochs:?} and did not finish them (it was not stopped gracefully). Start the pipeline again with its previous spec.parallelism so that it finishes them, then change it"
+    )]
+    UnfinishedLane { lane: String, epochs: Vec<u64> },
+    #[error(
+        "cannot take over from the previous replicas: {lanes} of them computed windows themselves, and windows with different watermarks cannot be merged"
+    )]
+    Unmergeable { lanes: usize },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(
         "the checkpoint store holds plans for epochs {found:?} after checkpoint {checkpoint:?}; expected consecutive epochs"
     )]
     PlanGap {
@@ -151,6 +163,9 @@ pub struct RunnerIdentity {
     /// The topic key groups are exchanged through when several replicas
     /// compute windows: `sluice-<namespace>-<name>-keygroups`.
     pub repartition_topic: String,
+    /// The generation of replicas this one belongs to (see
+    /// [`crate::checkpoint::Lane`]); [`Job::from_spec`] finds it.
+    pub generation: u64,
 }
 
 /// How a run ended.
@@ -221,9 +236,13 @@ impl Pipeline {
         sinks: Vec<ConfiguredSink>,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self, PipelineError> {
-        let lane = match role {
-            Role::KeyGroupStage => Lane::KeyGroups(identity.replica),
-            Role::Whole | Role::SourceStage { .. } => Lane::Replica(identity.replica),
+        let lane = Lane {
+            stage: match role {
+                Role::KeyGroupStage => Stage::KeyGroups,
+                Role::Whole | Role::SourceStage { .. } => Stage::Source,
+            },
+            replica: identity.replica,
+            generation: identity.generation,
         };
         let dead_letter = dead_letter::from_spec(
             spec.dead_letter.as_ref(),
@@ -545,6 +564,7 @@ impl Pipeline {
             dedup: self.engine.dedup_snapshot(),
             key_groups: self.engine.key_groups_snapshot(),
             replicas: Some(self.identity.replicas),
+            generation: self.identity.generation,
             written_at: jiff::Timestamp::now().to_string(),
         };
         self.checkpoints.put_checkpoint(&checkpoint).await?;
@@ -618,7 +638,7 @@ impl Pipeline {
         }
         // With key groups, the source stage reports what it reads and the
         // key-group stage the windows: neither overwrites the other's figures.
-        let reads_source = matches!(self.lane, Lane::Replica(_));
+        let reads_source = self.lane.stage == Stage::Source;
         let computes_windows = self.engine.computes_windows();
         let watermark = self.engine.watermark();
         if computes_windows {

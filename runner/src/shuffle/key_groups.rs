@@ -49,6 +49,26 @@ pub struct KeyGroupState {
     replicas: u32,
 }
 
+impl KeyGroupState {
+    /// A key group taking over the windows one replica computed itself:
+    /// what that replica had read of each source partition counts as applied.
+    pub fn from_windows(
+        group: u32,
+        windows: WindowState,
+        applied: Vec<(PartitionId, Position)>,
+    ) -> Self {
+        Self {
+            group,
+            windows,
+            applied,
+            pending: Vec::new(),
+            idle: Vec::new(),
+            heard: Vec::new(),
+            replicas: 0,
+        }
+    }
+}
+
 /// The key groups' durable state, inside a checkpoint.
 pub type KeyGroupsState = Vec<KeyGroupState>;
 

@@ -21,7 +21,7 @@ mod topic;
 use serde::{Deserialize, Serialize};
 
 pub use self::{
-    key_groups::{KeyGroupError, KeyGroups, KeyGroupsState},
+    key_groups::{KeyGroupError, KeyGroupState, KeyGroups, KeyGroupsState},
     partials::{Partials, Routed},
     topic::{RepartitionError, RepartitionTopic},
 };

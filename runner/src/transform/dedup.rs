@@ -84,6 +84,26 @@ pub struct DedupState {
     pub seen: Vec<(u128, i64)>,
 }
 
+impl DedupState {
+    /// The ids several replicas remembered, for the replica that takes over
+    /// their partitions: each id once, with its latest time.
+    pub fn union(states: impl IntoIterator<Item = DedupState>) -> Option<DedupState> {
+        let mut states = states.into_iter();
+        let mut union = states.next()?;
+        let mut seen: std::collections::HashMap<u128, i64> = union.seen.drain(..).collect();
+        for state in states {
+            union.max_time = union.max_time.max(state.max_time);
+            for (id, time) in state.seen {
+                let entry = seen.entry(id).or_insert(time);
+                *entry = (*entry).max(time);
+            }
+        }
+        union.seen = seen.into_iter().collect();
+        union.seen.sort_unstable();
+        Some(union)
+    }
+}
+
 /// Remembered ids in a checkpoint: each (hash, time) pair as 24 little-endian
 /// bytes, all of them in one base64 string, about 32 bytes per id where a JSON
 /// list of numbers took 56 (and was slower to write and read). A list of pairs,

@@ -143,6 +143,39 @@ pub struct WindowState {
     sessions: Vec<(GroupKey, Vec<Session>)>,
 }
 
+impl WindowState {
+    /// Splits the open windows by a function of their key (a key group);
+    /// every part keeps the watermark and the partitions' event-time maxima.
+    /// (There is no inverse: parts with different watermarks would close
+    /// windows twice or never.)
+    pub fn split(self, part_of: impl Fn(&GroupKey) -> u32) -> BTreeMap<u32, WindowState> {
+        let mut parts: BTreeMap<u32, WindowState> = BTreeMap::new();
+        let (watermark, partition_max) = (self.watermark, self.partition_max);
+        let new_part = || WindowState {
+            watermark,
+            partition_max: partition_max.clone(),
+            ..WindowState::default()
+        };
+        for (start, keyed) in self.panes {
+            for (key, accumulators) in keyed {
+                let state = parts.entry(part_of(&key)).or_insert_with(new_part);
+                match state.panes.last_mut() {
+                    Some((last, keys)) if *last == start => keys.push((key, accumulators)),
+                    _ => state.panes.push((start, vec![(key, accumulators)])),
+                }
+            }
+        }
+        for (key, sessions) in self.sessions {
+            parts
+                .entry(part_of(&key))
+                .or_insert_with(new_part)
+                .sessions
+                .push((key, sessions));
+        }
+        parts
+    }
+}
+
 impl Windows {
     pub fn new(kind: WindowKind, delay: i64, aggregates: Vec<AggregateKind>) -> Self {
         Self {

@@ -95,7 +95,7 @@ fn sink(server: &ClickHouse, table: &str, batch_rows: i64) -> ClickHouseSink {
 fn key(epoch: u64) -> EpochKey {
     EpochKey {
         pipeline: "uid-1".into(),
-        lane: Lane::Replica(0),
+        lane: Lane::replica(0),
         epoch,
         sink: "counts".into(),
     }

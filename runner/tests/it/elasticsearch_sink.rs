@@ -77,7 +77,7 @@ fn es_sink(es: &Elasticsearch, extra: serde_json::Value, secrets: &Secrets) -> E
 fn key(epoch: u64) -> EpochKey {
     EpochKey {
         pipeline: "uid-1".into(),
-        lane: Lane::Replica(0),
+        lane: Lane::replica(0),
         epoch,
         sink: "search".into(),
     }
@@ -272,6 +272,7 @@ spec:
         replica: 0,
         replicas: 1,
         repartition_topic: String::new(),
+        generation: 0,
     };
     let telemetry = Arc::new(Telemetry::new(0, 1).unwrap());
     let pipeline = Pipeline::from_spec(&spec, identity, telemetry).unwrap();

@@ -3,7 +3,7 @@
 //! group-by key, exchange pre-aggregates through the repartition topic they
 //! create, and their Delta table equals the batch computation row by row.
 
-use std::{process::Child, sync::mpsc};
+use std::{collections::BTreeMap, path::Path, process::Child, sync::mpsc};
 
 use crate::common::*;
 use crate::kafka::{close_partitions, send_all, stop_gracefully, wait_for_table};
@@ -34,16 +34,81 @@ fn messages(lines: &mut Vec<Line>, events: usize) -> Vec<(i32, String)> {
     messages
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_write_the_rows_of_the_batch_computation() {
+/// One runner process of the test, with its logs and HTTP address.
+struct Runner {
+    child: Child,
+    logs: mpsc::Receiver<String>,
+    address: String,
+}
+
+fn start(manifest: &Path, replica: u32, replicas: u32) -> Runner {
+    let (child, logs) = spawn_runner(
+        manifest,
+        &[
+            ("SLUICE_REPLICA", replica.to_string()),
+            ("SLUICE_REPLICAS", replicas.to_string()),
+        ],
+    );
+    let address = runner_address(&logs);
+    Runner {
+        child,
+        logs,
+        address,
+    }
+}
+
+fn start_all(manifest: &Path, replicas: u32) -> Vec<Runner> {
+    (0..replicas)
+        .map(|replica| start(manifest, replica, replicas))
+        .collect()
+}
+
+/// Stops every runner as the controller does before starting another set:
+/// SIGTERM, each finishes its epoch and checkpoints.
+fn drain(runners: Vec<Runner>) {
+    for runner in runners {
+        stop_gracefully(runner.child, runner.logs);
+    }
+}
+
+/// Waits until every runner reports a watermark (all its key groups have one).
+async fn wait_for_watermarks(runners: &mut [Runner]) {
+    for runner in runners {
+        poll_runner(
+            &mut runner.child,
+            &format!("{}/status", runner.address),
+            "a watermark in every key group",
+            async |response| {
+                let status: serde_json::Value = response.json().await.ok()?;
+                status["watermark"].as_str().map(str::to_owned)
+            },
+        )
+        .await;
+    }
+}
+
+/// The data set on the topic, the manifest of the reference query over it,
+/// and what the batch computation says the table must hold.
+struct Setup {
+    broker: KafkaBroker,
+    messages: Vec<(i32, String)>,
+    dir: tempfile::TempDir,
+    manifest: std::path::PathBuf,
+    table: String,
+    expected: Windows,
+}
+
+fn setup(events: usize, seed: u64) -> Setup {
     let broker = KafkaBroker::start().unwrap();
     broker.create_topic(TOPIC, PARTITIONS).unwrap();
-    let events = 30_000;
-    let mut lines = data_set_without_stragglers(events, 11);
+    let mut lines = data_set_without_stragglers(events, seed);
     let messages = messages(&mut lines, events);
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("table").display().to_string();
     let checkpoints = dir.path().join("checkpoints").display().to_string();
+    // Every plan is kept, so that the test can add up what was read.
+    let spec = reference_query_spec(&table, &checkpoints, "0s", "0s")
+        .replace("interval: 0s}", "interval: 0s, retainEpochs: 100000}");
     let manifest = dir.path().join("pipeline.yaml");
     std::fs::write(
         &manifest,
@@ -63,7 +128,6 @@ spec:
   keyGroups: 8
 {spec}"#,
             bootstrap = broker.bootstrap_servers(),
-            spec = reference_query_spec(&table, &checkpoints, "0s", "0s"),
         ),
     )
     .unwrap();
@@ -73,45 +137,145 @@ spec:
         ..
     } = expected_windows(&lines);
     assert!(late > 100, "the data set has late events ({late})");
-
-    // The first epoch's worth of lines has no late events. Only once every
-    // runner has a watermark do the others arrive, so that every event an
-    // hour late is late in its key group too, as it is for one runner after
-    // its first epoch (before any watermark, nothing is late).
-    let first = messages.len().min(LINES_PER_EPOCH);
-    send_all(&broker, TOPIC, &messages[..first]);
-    let mut runners: Vec<(Child, mpsc::Receiver<String>, String)> = (0..REPLICAS)
-        .map(|replica| {
-            let (runner, logs) = spawn_runner(
-                &manifest,
-                &[
-                    ("SLUICE_REPLICA", replica.to_string()),
-                    ("SLUICE_REPLICAS", REPLICAS.to_string()),
-                ],
-            );
-            let address = runner_address(&logs);
-            (runner, logs, address)
-        })
-        .collect();
-    for (runner, _, address) in &mut runners {
-        poll_runner(
-            runner,
-            &format!("{address}/status"),
-            "a watermark in every key group",
-            async |response| {
-                let status: serde_json::Value = response.json().await.ok()?;
-                status["watermark"].as_str().map(str::to_owned)
-            },
-        )
-        .await;
+    Setup {
+        broker,
+        messages,
+        dir,
+        manifest,
+        table,
+        expected,
     }
-    send_all(&broker, TOPIC, &messages[first..]);
-    let actual = wait_for_table(&table, &expected, &mut runners[0].0).await;
+}
+
+/// The first epoch's worth of lines has no late events. Only once every
+/// runner has a watermark do the others arrive, so that every event an hour
+/// late is late in its key group too, as it is for one runner after its
+/// first epoch (before any watermark, nothing is late).
+async fn produce_first_epoch_and_start(setup: &Setup, replicas: u32) -> Vec<Runner> {
+    let first = setup.messages.len().min(LINES_PER_EPOCH);
+    send_all(&setup.broker, TOPIC, &setup.messages[..first]);
+    let mut runners = start_all(&setup.manifest, replicas);
+    wait_for_watermarks(&mut runners).await;
+    runners
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_write_the_rows_of_the_batch_computation() {
+    let setup = setup(30_000, 11);
+    let mut runners = produce_first_epoch_and_start(&setup, REPLICAS).await;
+    send_all(&setup.broker, TOPIC, &setup.messages[LINES_PER_EPOCH..]);
+    let actual = wait_for_table(&setup.table, &setup.expected, &mut runners[0].child).await;
     assert_eq!(
-        actual, expected,
+        actual, setup.expected,
         "three replicas' Delta rows differ from the batch computation"
     );
-    for (runner, logs, _) in runners {
-        stop_gracefully(runner, logs);
+    drain(runners);
+}
+
+/// Kills a runner with SIGKILL once it has committed an epoch, and starts it again.
+fn kill_and_restart(manifest: &Path, runners: &mut [Runner], replica: usize) {
+    let replicas = runners.len() as u32;
+    let runner = &mut runners[replica];
+    assert!(
+        wait_for_log(&runner.logs, "epoch committed", 1),
+        "replica {replica} committed no epoch"
+    );
+    runner.child.kill().unwrap();
+    runner.child.wait().unwrap();
+    runners[replica] = start(manifest, replica as u32, replicas);
+}
+
+/// Per source partition, the offset ranges the source stages' plans read,
+/// in every lane and generation under the checkpoint folder. Retention
+/// deletes the plans up to the oldest checkpoint kept, so each first lane's
+/// epoch 0 (read from the start of its partitions) is its checkpoint's end
+/// positions.
+fn planned_ranges(checkpoints: &Path) -> BTreeMap<i64, Vec<(i64, i64)>> {
+    let mut ranges: BTreeMap<i64, Vec<(i64, i64)>> = BTreeMap::new();
+    for entry in std::fs::read_dir(checkpoints).unwrap() {
+        let lane = entry.unwrap().path();
+        let first = lane.join("checkpoints").join(format!("{:020}.json", 0));
+        let name = lane.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("replica-") || !first.exists() {
+            continue;
+        }
+        let checkpoint: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+        for pair in checkpoint["positions"].as_array().unwrap() {
+            let partition = pair[0]["partition"].as_i64().unwrap();
+            let end = pair[1]["offset"].as_i64().unwrap();
+            ranges.entry(partition).or_default().push((0, end));
+        }
+    }
+    let mut folders = vec![checkpoints.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() && name != "dead-letter" && !name.starts_with("keygroups-") {
+                folders.push(path);
+            } else if folder.ends_with("plans") {
+                let plan: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                for range in plan["ranges"].as_array().unwrap() {
+                    let (start, end) = (
+                        range["start"]["offset"].as_i64().unwrap(),
+                        range["end"]["offset"].as_i64().unwrap(),
+                    );
+                    if end > start {
+                        let partition = range["partition"]["partition"].as_i64().unwrap();
+                        ranges.entry(partition).or_default().push((start, end));
+                    }
+                }
+            }
+        }
+    }
+    ranges
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescaling_three_to_two_to_four_with_kills_keeps_rows_exact_and_reads_each_record_once() {
+    let setup = setup(30_000, 17);
+    let (messages, manifest) = (&setup.messages, &setup.manifest);
+    let part = |share: usize| messages.len() * share / 10;
+
+    let mut runners = produce_first_epoch_and_start(&setup, 3).await;
+    send_all(&setup.broker, TOPIC, &messages[LINES_PER_EPOCH..part(4)]);
+    kill_and_restart(manifest, &mut runners, 1);
+    drain(runners);
+
+    let mut runners = start_all(manifest, 2);
+    send_all(&setup.broker, TOPIC, &messages[part(4)..part(7)]);
+    kill_and_restart(manifest, &mut runners, 0);
+    drain(runners);
+
+    let mut runners = start_all(manifest, 4);
+    send_all(&setup.broker, TOPIC, &messages[part(7)..]);
+    let actual = wait_for_table(&setup.table, &setup.expected, &mut runners[0].child).await;
+    assert_eq!(
+        actual, setup.expected,
+        "rows after rescaling 3 → 2 → 4 differ from the batch computation"
+    );
+    drain(runners);
+
+    // Each partition was read once from its start to its end: no range read
+    // twice (no restart from the earliest offset), none skipped.
+    let ends = setup.broker.end_offsets(TOPIC).unwrap();
+    let ranges = planned_ranges(&setup.dir.path().join("checkpoints"));
+    for (partition, end) in ends.iter().enumerate() {
+        let mut read = ranges.get(&(partition as i64)).cloned().unwrap_or_default();
+        read.sort_unstable();
+        let mut next = 0;
+        for (start, stop) in &read {
+            assert_eq!(
+                *start, next,
+                "partition {partition}: ranges {read:?} overlap or leave a gap"
+            );
+            next = *stop;
+        }
+        assert_eq!(
+            next, *end,
+            "partition {partition} was read to {next}, not to its end"
+        );
     }
 }
