@@ -297,9 +297,14 @@ impl Engine {
 
     /// Whether this engine has a watermark to report (it computes windows).
     pub fn computes_windows(&self) -> bool {
+        self.window.is_some() && !self.role_is_source_stage()
+    }
+
+    /// A source stage: its windows are computed in key groups elsewhere.
+    pub fn role_is_source_stage(&self) -> bool {
         self.window
             .as_ref()
-            .is_some_and(|w| !matches!(w.aggregation, Aggregation::Partials { .. }))
+            .is_some_and(|w| matches!(w.aggregation, Aggregation::Partials { .. }))
     }
 
     /// Open (pane or session, key) entries, for metrics.

@@ -55,9 +55,20 @@ pub async fn take_over(
     let lanes = ObjectStoreCheckpoints::lanes(&store, uri, newest).await?;
     let has_key_groups =
         |lanes: &[LaneState]| lanes.iter().any(|l| l.lane.stage == Stage::KeyGroups);
-    let written = lanes.iter().find_map(|lane| lane.latest.as_ref()?.replicas);
+    // Checkpoints from before replica counts were recorded: the replicas
+    // that checkpointed tell it.
+    let written = lanes
+        .iter()
+        .find_map(|lane| lane.latest.as_ref()?.replicas)
+        .or_else(|| {
+            lanes
+                .iter()
+                .filter(|l| l.lane.stage == Stage::Source && l.latest.is_some())
+                .map(|l| l.lane.replica + 1)
+                .max()
+        });
     let (generation, previous) = match written {
-        // No checkpoint yet, or one from before replica counts were recorded.
+        // No checkpoint yet.
         None => (newest, None),
         Some(replicas) if replicas == identity.replicas => {
             let mine = lanes

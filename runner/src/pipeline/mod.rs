@@ -34,6 +34,7 @@ use crate::{
         self, PartitionId, PartitionRange, Planned, Positions, Source, SourceContext, SourceError,
     },
     telemetry::Telemetry,
+    window::WindowState,
 };
 
 /// The events behind the event rows a sink refused, for the dead-letter output.
@@ -104,9 +105,13 @@ pub enum PipelineError {
     #[error(transparent)]
     Repartition(#[from] RepartitionError),
     #[error(
-        "{uri}: the checkpoints were written with spec.parallelism {written}, and this runner is one of {now} replicas; replicas own partitions and key groups by their number, so resuming would skip or repeat data. Changing spec.parallelism of a pipeline that has checkpoints is not supported yet: set it back to {written}, or delete the pipeline's checkpoints to start over from the source's startingOffsets"
+        "{uri}: these checkpoints were written by one of {written} replicas and this runner is one of {now}; the replicas of one generation share one count, so another set of runners with a different spec.parallelism may still be running: stop it first"
     )]
     Rescaled { uri: String, written: u32, now: u32 },
+    #[error(
+        "{uri}: the checkpoint holds windows this replica computed alone, as versions before key groups did with several replicas (each held partial counts); they cannot continue exactly in key groups. Run with spec.parallelism: 1, where they continue, or start a new checkpoint lineage (spec.upgradePolicy: reset together with a change of spec.keyGroups)"
+    )]
+    WindowsBeforeKeyGroups { uri: String },
     #[error(
         "cannot take over from the previous replicas: {lane} planned epochs {epochs:?} and did not finish them (it was not stopped gracefully). Start the pipeline again with its previous spec.parallelism so that it finishes them, then change it"
     )]
@@ -414,6 +419,11 @@ impl Pipeline {
     async fn recover(&mut self) -> Result<(), PipelineError> {
         if let Some(checkpoint) = self.checkpoints.latest_checkpoint().await? {
             tracing::info!(epoch = checkpoint.epoch, "restoring checkpoint");
+            if self.engine.role_is_source_stage() && checkpoint.state != WindowState::default() {
+                return Err(PipelineError::WindowsBeforeKeyGroups {
+                    uri: self.checkpoints.uri(),
+                });
+            }
             if let Some(written) = checkpoint.replicas
                 && written != self.identity.replicas
             {

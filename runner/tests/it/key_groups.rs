@@ -279,3 +279,21 @@ async fn rescaling_three_to_two_to_four_with_kills_keeps_rows_exact_and_reads_ea
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_runners_windows_move_into_the_key_groups_of_two() {
+    let setup = setup(20_000, 23);
+    let runners = produce_first_epoch_and_start(&setup, 1).await;
+    let half = setup.messages.len() / 2;
+    send_all(&setup.broker, TOPIC, &setup.messages[LINES_PER_EPOCH..half]);
+    drain(runners);
+
+    let mut runners = start_all(&setup.manifest, 2);
+    send_all(&setup.broker, TOPIC, &setup.messages[half..]);
+    let actual = wait_for_table(&setup.table, &setup.expected, &mut runners[0].child).await;
+    assert_eq!(
+        actual, setup.expected,
+        "rows after going from one runner to two differ from the batch computation"
+    );
+    drain(runners);
+}
