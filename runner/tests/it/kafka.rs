@@ -156,20 +156,138 @@ spec:
 /// Polls the Delta table until it holds `expected` (or the deadline passes),
 /// checking the runner stays up meanwhile; returns what it last read.
 pub(crate) async fn wait_for_table(table: &str, expected: &Windows, runner: &mut Child) -> Windows {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let actual = match read_table(table).await {
+    poll_until(
+        std::slice::from_mut(runner),
+        async || match read_table(table).await {
             Ok(batches) => table_windows(&batches),
             Err(_) => Windows::new(),
-        };
-        if &actual == expected || Instant::now() > deadline {
-            return actual;
+        },
+        |actual| actual == expected,
+    )
+    .await
+}
+
+/// Lines as messages, each to a partition chosen from its position (not
+/// from any field, so not from a group-by key), and a closing event per
+/// partition. `text` holds the lines as JSON lines.
+pub(crate) fn scattered_messages(
+    lines: &mut Vec<Line>,
+    text: &str,
+    events: usize,
+    partitions: i32,
+) -> Vec<(i32, String)> {
+    let mut messages: Vec<(i32, String)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            (
+                ((i * 7 + i / 3) % partitions as usize) as i32,
+                line.to_owned(),
+            )
+        })
+        .collect();
+    close_partitions(lines, &mut messages, events, partitions);
+    messages
+}
+
+/// A manifest reading `topic` from its start with `replicas` replicas and
+/// `key_groups` key groups; `spec` is the rest of the spec (window, sinks,
+/// checkpoint, trigger).
+pub(crate) fn replicated_manifest(
+    broker: &KafkaBroker,
+    topic: &str,
+    name: &str,
+    replicas: u32,
+    key_groups: u32,
+    spec: &str,
+) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{name: {name}, namespace: test, uid: 0c4f-{name}}}
+spec:
+  source:
+    kafka:
+      bootstrapServers: "{bootstrap}"
+      topics: [{topic}]
+      consumerGroup: {name}
+      startingOffsets: earliest
+      maxOffsetsPerTrigger: 1000
+  parallelism: {replicas}
+  keyGroups: {key_groups}
+{spec}"#,
+        bootstrap = broker.bootstrap_servers(),
+    )
+}
+
+/// Runners of one pipeline, one per replica.
+pub(crate) struct Replicas {
+    pub runners: Vec<Child>,
+    logs: Vec<mpsc::Receiver<String>>,
+}
+
+impl Replicas {
+    /// Produces the first epoch's worth of `messages` (it holds no late
+    /// events), starts `replicas` runners of `manifest`, and produces the
+    /// rest only once every runner has a watermark in every key group: so
+    /// every event an hour late is late in its key group too, as it is for
+    /// one runner after its first epoch (before any watermark, nothing is
+    /// late).
+    pub(crate) async fn start(
+        broker: &KafkaBroker,
+        topic: &str,
+        messages: &[(i32, String)],
+        manifest: &Path,
+        replicas: u32,
+    ) -> Self {
+        let first = messages.len().min(LINES_PER_EPOCH);
+        send_all(broker, topic, &messages[..first]);
+        let (mut runners, mut logs, mut addresses) = (Vec::new(), Vec::new(), Vec::new());
+        for replica in 0..replicas {
+            let (runner, log) = spawn_runner(
+                manifest,
+                &[
+                    ("SLUICE_REPLICA", replica.to_string()),
+                    ("SLUICE_REPLICAS", replicas.to_string()),
+                ],
+            );
+            addresses.push(runner_address(&log));
+            runners.push(runner);
+            logs.push(log);
         }
-        assert!(
-            runner.try_wait().unwrap().is_none(),
-            "the runner exited before writing every window"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A key group has a watermark once it has heard from every replica.
+        for (runner, address) in runners.iter_mut().zip(&addresses) {
+            poll_runner(
+                runner,
+                &format!("{address}/status"),
+                "a watermark in every key group",
+                async |response| {
+                    let status: serde_json::Value = response.json().await.ok()?;
+                    status["watermark"].as_str().map(str::to_owned)
+                },
+            )
+            .await;
+        }
+        send_all(broker, topic, &messages[first..]);
+        Self { runners, logs }
+    }
+
+    /// Stops every runner gracefully.
+    pub(crate) fn stop(mut self) {
+        let logs = std::mem::take(&mut self.logs);
+        for (runner, logs) in std::mem::take(&mut self.runners).into_iter().zip(logs) {
+            stop_gracefully(runner, logs);
+        }
+    }
+}
+
+impl Drop for Replicas {
+    /// A failed test leaves no runner behind.
+    fn drop(&mut self) {
+        for runner in &mut self.runners {
+            let _ = runner.kill();
+            let _ = runner.wait();
+        }
     }
 }
 
