@@ -156,20 +156,176 @@ spec:
 /// Polls the Delta table until it holds `expected` (or the deadline passes),
 /// checking the runner stays up meanwhile; returns what it last read.
 pub(crate) async fn wait_for_table(table: &str, expected: &Windows, runner: &mut Child) -> Windows {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let actual = match read_table(table).await {
+    poll_until(
+        &mut [runner],
+        async || match read_table(table).await {
             Ok(batches) => table_windows(&batches),
             Err(_) => Windows::new(),
-        };
-        if &actual == expected || Instant::now() > deadline {
-            return actual;
-        }
-        assert!(
-            runner.try_wait().unwrap().is_none(),
-            "the runner exited before writing every window"
+        },
+        |actual| actual == expected,
+    )
+    .await
+}
+
+/// Lines as messages, each to a partition chosen from its position (not
+/// from any field, so not from a group-by key), and a closing event per
+/// partition. `text` holds the lines as JSON lines.
+pub(crate) fn scattered_messages(
+    lines: &mut Vec<Line>,
+    text: &str,
+    events: usize,
+    partitions: i32,
+) -> Vec<(i32, String)> {
+    let mut messages: Vec<(i32, String)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            (
+                ((i * 7 + i / 3) % partitions as usize) as i32,
+                line.to_owned(),
+            )
+        })
+        .collect();
+    close_partitions(lines, &mut messages, events, partitions);
+    messages
+}
+
+/// A manifest reading `topic` from its start with `replicas` replicas and
+/// `key_groups` key groups; `spec` is the rest of the spec (window, sinks,
+/// checkpoint, trigger).
+pub(crate) fn replicated_manifest(
+    broker: &KafkaBroker,
+    topic: &str,
+    name: &str,
+    replicas: u32,
+    key_groups: u32,
+    spec: &str,
+) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{name: {name}, namespace: test, uid: 0c4f-{name}}}
+spec:
+  source:
+    kafka:
+      bootstrapServers: "{bootstrap}"
+      topics: [{topic}]
+      consumerGroup: {name}
+      startingOffsets: earliest
+      maxOffsetsPerTrigger: 1000
+  parallelism: {replicas}
+  keyGroups: {key_groups}
+{spec}"#,
+        bootstrap = broker.bootstrap_servers(),
+    )
+}
+
+/// One runner process of a test, with its logs and HTTP address.
+pub(crate) struct Runner {
+    pub child: Child,
+    pub logs: mpsc::Receiver<String>,
+    pub address: String,
+}
+
+impl Runner {
+    /// Starts replica `replica` of `replicas` of `manifest`.
+    pub(crate) fn start(manifest: &Path, replica: u32, replicas: u32) -> Self {
+        let (child, logs) = spawn_runner(
+            manifest,
+            &[
+                ("SLUICE_REPLICA", replica.to_string()),
+                ("SLUICE_REPLICAS", replicas.to_string()),
+            ],
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let address = runner_address(&logs);
+        Self {
+            child,
+            logs,
+            address,
+        }
+    }
+}
+
+/// Runners of one pipeline, one per replica; a failed test leaves none behind.
+pub(crate) struct Replicas {
+    pub runners: Vec<Runner>,
+}
+
+impl Replicas {
+    /// Starts `replicas` runners of `manifest`.
+    pub(crate) fn start_all(manifest: &Path, replicas: u32) -> Self {
+        Self {
+            runners: (0..replicas)
+                .map(|replica| Runner::start(manifest, replica, replicas))
+                .collect(),
+        }
+    }
+
+    /// Produces the first epoch's worth of `messages` (it holds no late
+    /// events), starts `replicas` runners of `manifest`, and waits until
+    /// every runner has a watermark in every key group, so that every event
+    /// an hour late produced after is late in its key group too, as it is
+    /// for one runner after its first epoch (before any watermark, nothing
+    /// is late). Returns the runners and the messages not yet produced.
+    pub(crate) async fn start_after_first_epoch<'m>(
+        broker: &KafkaBroker,
+        topic: &str,
+        messages: &'m [(i32, String)],
+        manifest: &Path,
+        replicas: u32,
+    ) -> (Self, &'m [(i32, String)]) {
+        let first = messages.len().min(LINES_PER_EPOCH);
+        send_all(broker, topic, &messages[..first]);
+        let mut started = Self::start_all(manifest, replicas);
+        for runner in &mut started.runners {
+            poll_runner(
+                &mut runner.child,
+                &format!("{}/status", runner.address),
+                "a watermark in every key group",
+                async |response| {
+                    let status: serde_json::Value = response.json().await.ok()?;
+                    status["watermark"].as_str().map(str::to_owned)
+                },
+            )
+            .await;
+        }
+        (started, &messages[first..])
+    }
+
+    /// [`Replicas::start_after_first_epoch`], then the rest of `messages`.
+    pub(crate) async fn start(
+        broker: &KafkaBroker,
+        topic: &str,
+        messages: &[(i32, String)],
+        manifest: &Path,
+        replicas: u32,
+    ) -> Self {
+        let (started, rest) =
+            Self::start_after_first_epoch(broker, topic, messages, manifest, replicas).await;
+        send_all(broker, topic, rest);
+        started
+    }
+
+    /// The runner processes, to check they stay up.
+    pub(crate) fn children(&mut self) -> Vec<&mut Child> {
+        self.runners.iter_mut().map(|r| &mut r.child).collect()
+    }
+
+    /// Stops every runner as the controller does before starting another
+    /// set: SIGTERM; each finishes its epoch and checkpoints.
+    pub(crate) fn stop(mut self) {
+        for runner in std::mem::take(&mut self.runners) {
+            stop_gracefully(runner.child, runner.logs);
+        }
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for runner in &mut self.runners {
+            let _ = runner.child.kill();
+            let _ = runner.child.wait();
+        }
     }
 }
 

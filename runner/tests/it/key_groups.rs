@@ -3,89 +3,17 @@
 //! group-by key, exchange pre-aggregates through the repartition topic they
 //! create, and their Delta table equals the batch computation row by row.
 
-use std::{collections::BTreeMap, path::Path, process::Child, sync::mpsc};
+use std::{collections::BTreeMap, path::Path};
 
 use crate::common::*;
-use crate::kafka::{close_partitions, send_all, stop_gracefully, wait_for_table};
+use crate::kafka::{
+    Replicas, Runner, replicated_manifest, scattered_messages, send_all, wait_for_table,
+};
 use sluice_tests::kafka::KafkaBroker;
 
 const TOPIC: &str = "clicks";
 const PARTITIONS: i32 = 6;
 const REPLICAS: u32 = 3;
-
-/// Lines as messages, each to a partition chosen from its position (not its
-/// event type, the group-by key), and a closing event per partition.
-fn messages(lines: &mut Vec<Line>, events: usize) -> Vec<(i32, String)> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.jsonl");
-    write_jsonl(lines, &path);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut messages: Vec<(i32, String)> = text
-        .lines()
-        .enumerate()
-        .map(|(i, line)| {
-            (
-                ((i * 7 + i / 3) % PARTITIONS as usize) as i32,
-                line.to_owned(),
-            )
-        })
-        .collect();
-    close_partitions(lines, &mut messages, events, PARTITIONS);
-    messages
-}
-
-/// One runner process of the test, with its logs and HTTP address.
-struct Runner {
-    child: Child,
-    logs: mpsc::Receiver<String>,
-    address: String,
-}
-
-fn start(manifest: &Path, replica: u32, replicas: u32) -> Runner {
-    let (child, logs) = spawn_runner(
-        manifest,
-        &[
-            ("SLUICE_REPLICA", replica.to_string()),
-            ("SLUICE_REPLICAS", replicas.to_string()),
-        ],
-    );
-    let address = runner_address(&logs);
-    Runner {
-        child,
-        logs,
-        address,
-    }
-}
-
-fn start_all(manifest: &Path, replicas: u32) -> Vec<Runner> {
-    (0..replicas)
-        .map(|replica| start(manifest, replica, replicas))
-        .collect()
-}
-
-/// Stops every runner as the controller does before starting another set:
-/// SIGTERM, each finishes its epoch and checkpoints.
-fn drain(runners: Vec<Runner>) {
-    for runner in runners {
-        stop_gracefully(runner.child, runner.logs);
-    }
-}
-
-/// Waits until every runner reports a watermark (all its key groups have one).
-async fn wait_for_watermarks(runners: &mut [Runner]) {
-    for runner in runners {
-        poll_runner(
-            &mut runner.child,
-            &format!("{}/status", runner.address),
-            "a watermark in every key group",
-            async |response| {
-                let status: serde_json::Value = response.json().await.ok()?;
-                status["watermark"].as_str().map(str::to_owned)
-            },
-        )
-        .await;
-    }
-}
 
 /// The data set on the topic, the manifest of the reference query over it,
 /// and what the batch computation says the table must hold.
@@ -102,7 +30,8 @@ fn setup(events: usize, seed: u64) -> Setup {
     let broker = KafkaBroker::start().unwrap();
     broker.create_topic(TOPIC, PARTITIONS).unwrap();
     let mut lines = data_set_without_stragglers(events, seed);
-    let messages = messages(&mut lines, events);
+    let text = reference_jsonl(&lines, None);
+    let messages = scattered_messages(&mut lines, &text, events, PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("table").display().to_string();
     let checkpoints = dir.path().join("checkpoints").display().to_string();
@@ -112,23 +41,7 @@ fn setup(events: usize, seed: u64) -> Setup {
     let manifest = dir.path().join("pipeline.yaml");
     std::fs::write(
         &manifest,
-        format!(
-            r#"apiVersion: sluice.dev/v1alpha1
-kind: StreamPipeline
-metadata: {{name: clicks, namespace: test, uid: 0c4f-key-groups}}
-spec:
-  source:
-    kafka:
-      bootstrapServers: "{bootstrap}"
-      topics: [{TOPIC}]
-      consumerGroup: clicks
-      startingOffsets: earliest
-      maxOffsetsPerTrigger: 1000
-  parallelism: {REPLICAS}
-  keyGroups: 8
-{spec}"#,
-            bootstrap = broker.bootstrap_servers(),
-        ),
+        replicated_manifest(&broker, TOPIC, "clicks", REPLICAS, 8, &spec),
     )
     .unwrap();
     let Expected {
@@ -147,42 +60,41 @@ spec:
     }
 }
 
-/// The first epoch's worth of lines has no late events. Only once every
-/// runner has a watermark do the others arrive, so that every event an hour
-/// late is late in its key group too, as it is for one runner after its
-/// first epoch (before any watermark, nothing is late).
-async fn produce_first_epoch_and_start(setup: &Setup, replicas: u32) -> Vec<Runner> {
-    let first = setup.messages.len().min(LINES_PER_EPOCH);
-    send_all(&setup.broker, TOPIC, &setup.messages[..first]);
-    let mut runners = start_all(&setup.manifest, replicas);
-    wait_for_watermarks(&mut runners).await;
-    runners
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_write_the_rows_of_the_batch_computation() {
     let setup = setup(30_000, 11);
-    let mut runners = produce_first_epoch_and_start(&setup, REPLICAS).await;
-    send_all(&setup.broker, TOPIC, &setup.messages[LINES_PER_EPOCH..]);
-    let actual = wait_for_table(&setup.table, &setup.expected, &mut runners[0].child).await;
+    let mut replicas = Replicas::start(
+        &setup.broker,
+        TOPIC,
+        &setup.messages,
+        &setup.manifest,
+        REPLICAS,
+    )
+    .await;
+    let actual = wait_for_table(
+        &setup.table,
+        &setup.expected,
+        &mut replicas.runners[0].child,
+    )
+    .await;
     assert_eq!(
         actual, setup.expected,
         "three replicas' Delta rows differ from the batch computation"
     );
-    drain(runners);
+    replicas.stop();
 }
 
 /// Kills a runner with SIGKILL once it has committed an epoch, and starts it again.
-fn kill_and_restart(manifest: &Path, runners: &mut [Runner], replica: usize) {
-    let replicas = runners.len() as u32;
-    let runner = &mut runners[replica];
+fn kill_and_restart(manifest: &Path, replicas: &mut Replicas, replica: usize) {
+    let count = replicas.runners.len() as u32;
+    let runner = &mut replicas.runners[replica];
     assert!(
         wait_for_log(&runner.logs, "epoch committed", 1),
         "replica {replica} committed no epoch"
     );
     runner.child.kill().unwrap();
     runner.child.wait().unwrap();
-    runners[replica] = start(manifest, replica as u32, replicas);
+    replicas.runners[replica] = Runner::start(manifest, replica as u32, count);
 }
 
 /// Per source partition, the offset ranges the source stages' plans read,
@@ -239,24 +151,30 @@ async fn rescaling_three_to_two_to_four_with_kills_keeps_rows_exact_and_reads_ea
     let (messages, manifest) = (&setup.messages, &setup.manifest);
     let part = |share: usize| messages.len() * share / 10;
 
-    let mut runners = produce_first_epoch_and_start(&setup, 3).await;
+    let (mut replicas, _) =
+        Replicas::start_after_first_epoch(&setup.broker, TOPIC, messages, manifest, 3).await;
     send_all(&setup.broker, TOPIC, &messages[LINES_PER_EPOCH..part(4)]);
-    kill_and_restart(manifest, &mut runners, 1);
-    drain(runners);
+    kill_and_restart(manifest, &mut replicas, 1);
+    replicas.stop();
 
-    let mut runners = start_all(manifest, 2);
+    let mut replicas = Replicas::start_all(manifest, 2);
     send_all(&setup.broker, TOPIC, &messages[part(4)..part(7)]);
-    kill_and_restart(manifest, &mut runners, 0);
-    drain(runners);
+    kill_and_restart(manifest, &mut replicas, 0);
+    replicas.stop();
 
-    let mut runners = start_all(manifest, 4);
+    let mut replicas = Replicas::start_all(manifest, 4);
     send_all(&setup.broker, TOPIC, &messages[part(7)..]);
-    let actual = wait_for_table(&setup.table, &setup.expected, &mut runners[0].child).await;
+    let actual = wait_for_table(
+        &setup.table,
+        &setup.expected,
+        &mut replicas.runners[0].child,
+    )
+    .await;
     assert_eq!(
         actual, setup.expected,
         "rows after rescaling 3 → 2 → 4 differ from the batch computation"
     );
-    drain(runners);
+    replicas.stop();
 
     // Each partition was read once from its start to its end: no range read
     // twice (no restart from the earliest offset), none skipped.
@@ -283,17 +201,29 @@ async fn rescaling_three_to_two_to_four_with_kills_keeps_rows_exact_and_reads_ea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_runners_windows_move_into_the_key_groups_of_two() {
     let setup = setup(20_000, 23);
-    let runners = produce_first_epoch_and_start(&setup, 1).await;
+    let (replicas, _) = Replicas::start_after_first_epoch(
+        &setup.broker,
+        TOPIC,
+        &setup.messages,
+        &setup.manifest,
+        1,
+    )
+    .await;
     let half = setup.messages.len() / 2;
     send_all(&setup.broker, TOPIC, &setup.messages[LINES_PER_EPOCH..half]);
-    drain(runners);
+    replicas.stop();
 
-    let mut runners = start_all(&setup.manifest, 2);
+    let mut replicas = Replicas::start_all(&setup.manifest, 2);
     send_all(&setup.broker, TOPIC, &setup.messages[half..]);
-    let actual = wait_for_table(&setup.table, &setup.expected, &mut runners[0].child).await;
+    let actual = wait_for_table(
+        &setup.table,
+        &setup.expected,
+        &mut replicas.runners[0].child,
+    )
+    .await;
     assert_eq!(
         actual, setup.expected,
         "rows after going from one runner to two differ from the batch computation"
     );
-    drain(runners);
+    replicas.stop();
 }

@@ -7,6 +7,7 @@ mod dedup;
 mod elasticsearch_sink;
 mod event_time;
 mod kafka;
+mod key_group_sinks;
 mod key_groups;
 mod recovery;
 mod recovery_s3;

@@ -104,24 +104,35 @@ pub fn write_jsonl(lines: &[Line], path: &Path) {
 /// [`write_jsonl`], with an `id` field per event when `ids` gives one per
 /// line: lines with the same id are identical copies of one event.
 pub fn write_jsonl_with_ids(lines: &[Line], ids: Option<&[usize]>, path: &Path) {
+    std::fs::write(path, reference_jsonl(lines, ids)).unwrap();
+}
+
+/// The text [`write_jsonl_with_ids`] writes.
+pub fn reference_jsonl(lines: &[Line], ids: Option<&[usize]>) -> String {
+    jsonl_text(lines, |i, time, event_type| {
+        let id = ids.map_or(i, |ids| ids[i]);
+        format!(
+            "{{{}\"timestamp\":\"{}\",\"event_type\":\"{event_type}\",\"key\":\"k{}\",\"value\":{}}}",
+            ids.map_or(String::new(), |_| format!("\"id\":\"e{id}\",")),
+            rfc3339(time),
+            id % 100,
+            id % 7
+        )
+    })
+}
+
+/// The lines as JSON lines: `event(index, time, event type)` writes an
+/// event's JSON object, malformed lines are kept as they are.
+pub fn jsonl_text(lines: &[Line], event: impl Fn(usize, i64, &str) -> String) -> String {
     let mut text = String::new();
     for (i, line) in lines.iter().enumerate() {
-        let id = ids.map_or(i, |ids| ids[i]);
         match line {
-            Line::Event { time, event_type } => text.push_str(&format!(
-                "{{{}\"timestamp\":\"{}\",\"event_type\":\"{event_type}\",\"key\":\"k{}\",\"value\":{}}}\n",
-                ids.map_or(String::new(), |_| format!("\"id\":\"e{id}\",")),
-                rfc3339(*time),
-                id % 100,
-                id % 7
-            )),
-            Line::Malformed(bad) => {
-                text.push_str(bad);
-                text.push('\n');
-            }
+            Line::Event { time, event_type } => text.push_str(&event(i, *time, event_type)),
+            Line::Malformed(bad) => text.push_str(bad),
         }
+        text.push('\n');
     }
-    std::fs::write(path, text).unwrap();
+    text
 }
 
 /// (window start, window end, event type) → count, in milliseconds.
@@ -153,6 +164,38 @@ pub fn expected_windows(lines: &[Line]) -> Expected {
 /// others still fill their place in the epochs and move event time, as
 /// events a dedup transform drops do.
 pub fn expected_windows_counting(lines: &[Line], counted: impl Fn(usize) -> bool) -> Expected {
+    let memberships = memberships(lines, counted);
+    let mut windows = Windows::new();
+    for (index, start) in memberships.emitted {
+        let Line::Event { event_type, .. } = &lines[index] else {
+            unreachable!("only events have windows")
+        };
+        *windows
+            .entry((start, start + 5 * MINUTE, (*event_type).to_owned()))
+            .or_default() += 1;
+    }
+    Expected {
+        windows,
+        late: memberships.late,
+        partly_late: memberships.partly_late,
+        watermark: memberships.watermark,
+    }
+}
+
+/// Which windows of the reference query (5 minutes sliding by 1, 2-minute
+/// watermark) each event counts in, by Spark's rules (see
+/// [`expected_windows`]), whatever the query groups by and aggregates.
+pub struct Memberships {
+    /// (line index, window start) for every window the final watermark
+    /// closes, so that it is emitted.
+    pub emitted: Vec<(usize, i64)>,
+    pub late: usize,
+    pub partly_late: usize,
+    pub watermark: i64,
+}
+
+/// [`Memberships`] of the lines `counted` accepts (by index).
+pub fn memberships(lines: &[Line], counted: impl Fn(usize) -> bool) -> Memberships {
     let mut watermark: Option<i64> = None;
     let mut max_time: Option<i64> = None;
     let mut memberships = Vec::new();
@@ -162,7 +205,7 @@ pub fn expected_windows_counting(lines: &[Line], counted: impl Fn(usize) -> bool
         .zip(lines.chunks(LINES_PER_EPOCH))
     {
         for (index, line) in (first..).zip(epoch) {
-            let Line::Event { time, event_type } = line else {
+            let Line::Event { time, .. } = line else {
                 continue;
             };
             max_time = Some(max_time.map_or(*time, |m: i64| m.max(*time)));
@@ -179,23 +222,16 @@ pub fn expected_windows_counting(lines: &[Line], counted: impl Fn(usize) -> bool
                 5 => {}
                 _ => partly_late += 1,
             }
-            memberships.extend(open.into_iter().map(|start| (start, *event_type)));
+            memberships.extend(open.into_iter().map(|start| (index, start)));
         }
         if let Some(max) = max_time {
             watermark = Some(watermark.map_or(max - 2 * MINUTE, |w| w.max(max - 2 * MINUTE)));
         }
     }
     let watermark = watermark.expect("some events");
-    let mut windows = Windows::new();
-    for (start, event_type) in memberships {
-        if start + 5 * MINUTE <= watermark {
-            *windows
-                .entry((start, start + 5 * MINUTE, event_type.to_owned()))
-                .or_default() += 1;
-        }
-    }
-    Expected {
-        windows,
+    memberships.retain(|(_, start)| start + 5 * MINUTE <= watermark);
+    Memberships {
+        emitted: memberships,
         late,
         partly_late,
         watermark,
@@ -424,6 +460,30 @@ pub fn runner_address(logs: &mpsc::Receiver<String>) -> String {
     )
     .expect("the runner announces its address");
     format!("http://{}", line["address"].as_str().unwrap())
+}
+
+/// Reads with `read` every 200 ms until `done` accepts what it read or
+/// five minutes pass, checking that every runner stays up meanwhile;
+/// returns what it read last.
+pub async fn poll_until<T>(
+    runners: &mut [&mut Child],
+    mut read: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let value = read().await;
+        if done(&value) || Instant::now() > deadline {
+            return value;
+        }
+        for runner in runners.iter_mut() {
+            assert!(
+                runner.try_wait().unwrap().is_none(),
+                "a runner exited before writing every window"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Polls a runner endpoint every 200 ms (two minutes at most) until
