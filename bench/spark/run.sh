@@ -97,5 +97,7 @@ for name, seconds, rate, steady, cpu, scope, wall in rows:
     steady = f"{steady:,}" if steady else "-"
     print(f"{name:<16}{seconds:>8.2f}{rate:>11,}{steady:>10}{cpu:>7.2f} {scope:<8}{cpu / events * 1e6:>13.2f}{wall:>10.2f}")
 for name, _, rate, steady, cpu, _, _ in rows[1:]:
-    print(f"Sluice vs {name}: {rows[0][2] / rate:.1f}x the events/s ({rows[0][2] / steady:.1f}x Spark's steady rate), {cpu / rows[0][4]:.1f}x less CPU per event")
+    # One micro-batch has no steady rate (it excludes the first batch).
+    versus_steady = f" ({rows[0][2] / steady:.1f}x Spark's steady rate)" if steady else ""
+    print(f"Sluice vs {name}: {rows[0][2] / rate:.1f}x the events/s{versus_steady}, {cpu / rows[0][4]:.1f}x less CPU per event")
 EOF

@@ -76,7 +76,9 @@ pub struct KafkaSource {
     /// that ordinary Kafka lag tools see the pipeline's progress.
     #[schemars(length(min = 1, max = 255))]
     pub consumer_group: String,
-    /// Where to start when there is no checkpoint. Ignored once a checkpoint exists.
+    /// Where to start when there is no checkpoint and the consumer group has committed no
+    /// offset (so a new checkpoint lineage continues where the old one committed). Ignored
+    /// once a checkpoint exists.
     #[serde(default)]
     pub starting_offsets: StartingOffsets,
     /// Per-epoch and per-second read limits.
@@ -155,7 +157,8 @@ pub struct EventHubSource {
     pub consumer_group: String,
     /// Secret key holding the namespace or event hub connection string.
     pub connection_string_secret_ref: SecretKeyRef,
-    /// Where to start when there is no checkpoint.
+    /// Where to start when there is no checkpoint and the consumer group has committed no
+    /// offset.
     #[serde(default)]
     pub starting_offsets: StartingOffsets,
     /// Per-epoch and per-second read limits.

@@ -38,11 +38,15 @@ pub enum Stage {
 /// replicas started together with one `spec.parallelism`; a rescale starts
 /// the next generation from the previous one's checkpoints). Each lane has
 /// its own plans, checkpoints, dead-letter objects and sink writer ids.
+/// Its checkpoint *lineage* (a new one after `upgradePolicy: reset`) is the
+/// folder the checkpoint URI already names; it goes into writer ids, so that
+/// a new lineage's epochs, counted from 0 again, never meet an old one's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Lane {
     pub stage: Stage,
     pub replica: u32,
     pub generation: u64,
+    pub lineage: u64,
 }
 
 impl Lane {
@@ -52,6 +56,7 @@ impl Lane {
             stage: Stage::Source,
             replica,
             generation: 0,
+            lineage: 0,
         }
     }
 
@@ -68,22 +73,36 @@ impl Lane {
         }
     }
 
-    /// Its part of sink writer ids; a first-generation replica's is its bare
-    /// index, as in the writes of earlier versions.
+    /// Its part of sink writer ids; a first-lineage, first-generation
+    /// replica's is its bare index, as in the writes of earlier versions.
     pub fn writer(&self) -> String {
-        let lane = match self.stage {
+        let mut writer = match self.stage {
             Stage::Source => self.replica.to_string(),
             Stage::KeyGroups => format!("keygroups-{}", self.replica),
         };
-        match self.generation {
-            0 => lane,
-            generation => format!("g{generation}-{lane}"),
+        if self.generation > 0 {
+            writer = format!("g{}-{writer}", self.generation);
         }
+        if self.lineage > 0 {
+            writer = format!("l{}-{writer}", self.lineage);
+        }
+        writer
     }
 }
 
 /// Folders of the generations after the first: `generation-<g>/`.
 pub const GENERATION_PREFIX: &str = "generation-";
+
+/// The lineage a checkpoint URI names: the controller gives runners
+/// `<spec.checkpoint.uri>/lineage-<n>`; any other URI (a local run) is lineage 0.
+pub fn lineage_of(uri: &str) -> u64 {
+    uri.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .and_then(|folder| folder.strip_prefix("lineage-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
 
 impl std::fmt::Display for Lane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -398,6 +417,7 @@ fn lane_of(name: &str, generation: u64) -> Option<Lane> {
         stage,
         replica: replica.parse().ok()?,
         generation,
+        lineage: 0,
     })
 }
 
@@ -458,5 +478,28 @@ impl CheckpointStore for ObjectStoreCheckpoints {
             }
         }
         Ok(doomed.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_ids_name_lineage_generation_and_stage_and_keep_the_first_ones_bare() {
+        let lane = |stage, generation, lineage| Lane {
+            stage,
+            replica: 2,
+            generation,
+            lineage,
+        };
+        assert_eq!(lane(Stage::Source, 0, 0).writer(), "2");
+        assert_eq!(lane(Stage::KeyGroups, 0, 0).writer(), "keygroups-2");
+        assert_eq!(lane(Stage::Source, 3, 0).writer(), "g3-2");
+        assert_eq!(lane(Stage::KeyGroups, 3, 1).writer(), "l1-g3-keygroups-2");
+        assert_eq!(lane(Stage::Source, 3, 1).folder(), "generation-3/replica-2");
+        assert_eq!(lineage_of("s3://bucket/checkpoints/orders/lineage-4"), 4);
+        assert_eq!(lineage_of("/tmp/checkpoints/lineage-1/"), 1);
+        assert_eq!(lineage_of("/tmp/checkpoints"), 0);
     }
 }

@@ -112,6 +112,7 @@ pub async fn take_over(
         stage,
         replica: identity.replica,
         generation,
+        lineage: crate::checkpoint::lineage_of(uri),
     };
     write_once(&store, uri, lane(Stage::Source), &slices.source).await?;
     if let Some(key_groups) = &slices.key_groups {

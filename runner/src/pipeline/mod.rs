@@ -248,6 +248,7 @@ impl Pipeline {
             },
             replica: identity.replica,
             generation: identity.generation,
+            lineage: crate::checkpoint::lineage_of(&spec.checkpoint.uri),
         };
         let dead_letter = dead_letter::from_spec(
             spec.dead_letter.as_ref(),

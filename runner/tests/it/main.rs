@@ -9,6 +9,7 @@ mod event_time;
 mod kafka;
 mod key_group_sinks;
 mod key_groups;
+mod lineage;
 mod recovery;
 mod recovery_s3;
 mod reference_query;

@@ -39,9 +39,11 @@ impl KafkaSource {
             tokio::time::sleep(IDLE_WAIT).await;
             high = self.list_offsets(partitions.clone(), Offset::End).await?;
         }
-        // Where each partition starts: the checkpoint; else startingOffsets on
-        // a fresh pipeline; else (a partition that appeared later) earliest.
-        // A start chosen once is kept until the checkpoint has the partition.
+        // Where each partition starts: the checkpoint; else, on a fresh
+        // checkpoint lineage, the consumer group's committed offset (a lineage
+        // reset continues where the old lineage committed) or startingOffsets;
+        // else (a partition that appeared later) earliest. A start chosen
+        // once is kept until the checkpoint has the partition.
         let fresh = committed.is_empty() && first_plan;
         let use_latest = fresh && self.topics.starting_offsets == StartingOffsets::Latest;
         let undecided: Vec<PartitionId> = partitions
@@ -55,6 +57,11 @@ impl KafkaSource {
             })
             .cloned()
             .collect();
+        let group = if fresh {
+            self.group_offsets(&undecided).await?
+        } else {
+            HashMap::new()
+        };
         let earliest = if use_latest {
             HashMap::new()
         } else {
@@ -74,7 +81,10 @@ impl KafkaSource {
                 }
                 (None, Some(start)) => start,
                 (None, None) => {
-                    let chosen = if use_latest {
+                    let chosen = if let Some(start) = group.get(id) {
+                        tracing::info!(partition = %id, start, "no checkpoint: continuing from the consumer group's committed offset");
+                        Some(start)
+                    } else if use_latest {
                         high.get(id)
                     } else {
                         earliest.get(id)
@@ -201,6 +211,38 @@ impl KafkaSource {
     }
 
     /// Earliest (`Offset::Beginning`) or latest (`Offset::End`) offsets of `partitions`.
+    /// The consumer group's committed offsets of `partitions` (those it has).
+    async fn group_offsets(
+        &self,
+        partitions: &[PartitionId],
+    ) -> Result<HashMap<PartitionId, i64>, SourceError> {
+        const READING: &str = "reading the consumer group's committed offsets";
+        let mut list = TopicPartitionList::new();
+        for id in partitions {
+            list.add_partition(&id.stream, id.partition);
+        }
+        if list.count() == 0 {
+            return Ok(HashMap::new());
+        }
+        let asked_at = Instant::now();
+        let committed = blocking(Arc::clone(&self.consumer), move |consumer| {
+            consumer.committed_offsets(list, REQUEST_TIMEOUT)
+        })
+        .await
+        .map_err(|error| self.request_failed(READING, self.target(), error, asked_at))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => Some((
+                    PartitionId::new(element.topic(), element.partition()),
+                    offset,
+                )),
+                _ => None,
+            })
+            .collect())
+    }
+
     async fn list_offsets(
         &self,
         partitions: Vec<PartitionId>,
