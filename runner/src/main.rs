@@ -169,7 +169,9 @@ async fn run(args: RunArgs, manifest: StreamPipeline, interactive: bool) -> anyh
         }
     };
     if !args.quiet {
-        print_summary(spec, &summary).await;
+        // Reading the tables back is for a person at a terminal: in a pod it
+        // would load a whole table into memory at every shutdown.
+        print_summary(spec, &summary, std::io::stdout().is_terminal()).await;
     }
     Ok(())
 }
@@ -216,8 +218,8 @@ async fn show_progress(telemetry: Arc<Telemetry>) {
     }
 }
 
-/// What the run did, and the first rows of each Delta table it wrote.
-async fn print_summary(spec: &StreamPipelineSpec, summary: &RunSummary) {
+/// What the run did, and (`show_tables`) the latest rows of each Delta table it wrote.
+async fn print_summary(spec: &StreamPipelineSpec, summary: &RunSummary, show_tables: bool) {
     let counts = summary.counts;
     println!(
         "{} events processed in epochs up to {}: {} window rows emitted, {} late, {} malformed, {} failed transforms, {} filtered, {} duplicates dropped",
@@ -236,7 +238,7 @@ async fn print_summary(spec: &StreamPipelineSpec, summary: &RunSummary) {
             rfc3339(watermark)
         );
     }
-    for sink in &spec.sinks {
+    for sink in spec.sinks.iter().filter(|_| show_tables) {
         let Some(delta) = &sink.delta else { continue };
         match read_table(&delta.uri).await {
             Ok(batches) => {

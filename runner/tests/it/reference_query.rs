@@ -59,3 +59,21 @@ async fn reference_query_matches_a_batch_computation_row_by_row() {
     assert_eq!(reasons.get("late"), Some(&late));
     assert_eq!(reasons.get("malformed"), Some(&malformed));
 }
+
+/// Off a terminal (a pod's log), a run ends with its counts only: reading the
+/// Delta table back for the summary would hold a whole table in memory.
+#[test]
+fn the_end_of_run_summary_reads_no_table_off_a_terminal() {
+    let run = LocalReferenceRun::prepare(20_000, 5, "0s");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-runner"))
+        .arg("run")
+        .arg(&run.manifest)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("events processed"), "{stdout}");
+    assert!(!stdout.contains("Delta table"), "{stdout}");
+}
