@@ -383,6 +383,13 @@ fn parse_action(
         _ => return Err(format!("line {number}: no _index in the action or the URL")),
     };
     let id = match meta.get("_id") {
+        // Elasticsearch refuses the whole request, as here.
+        Some(Value::String(id)) if id.len() > 512 => {
+            return Err(format!(
+                "Validation Failed: 1: id [{id}] is too long, must be no longer than 512 bytes but was: {};",
+                id.len()
+            ));
+        }
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
         _ => {
             return Err(format!(

@@ -136,7 +136,7 @@ impl ElasticsearchSink {
             let ids = row_ids(batch).map_err(arrow)?;
             let json = rows_as_json(std::slice::from_ref(batch)).map_err(arrow)?;
             for (row, (id, line)) in ids.into_iter().zip(json.split(|b| *b == b'\n')).enumerate() {
-                let id = format!("{}/{id}", key.pipeline);
+                let id = bounded_id(format!("{}/{id}", key.pipeline));
                 let source = self.source(line)?;
                 let action = serde_json::json!({"index": {"_index": self.index, "_id": id}});
                 let mut lines =
@@ -343,4 +343,28 @@ impl Sink for ElasticsearchSink {
             refused,
         })
     }
+}
+
+/// Elasticsearch's limit on a document id, in bytes.
+const MAX_ID_BYTES: usize = 512;
+
+/// `id` itself when it fits [`MAX_ID_BYTES`]; else (long group values,
+/// stream names or pipeline uids) its first 400 bytes (at a character
+/// boundary), `#sha256:` and the hex SHA-256 of the whole id. The document
+/// keeps every field in full.
+fn bounded_id(id: String) -> String {
+    use sha2::{Digest, Sha256};
+
+    if id.len() <= MAX_ID_BYTES {
+        return id;
+    }
+    let mut cut = 400;
+    while !id.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest: String = Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}#sha256:{digest}", &id[..cut])
 }

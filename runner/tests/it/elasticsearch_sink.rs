@@ -122,6 +122,33 @@ async fn documents_get_deterministic_ids_and_a_replay_overwrites_them() {
 }
 
 #[tokio::test]
+async fn rows_with_identities_over_512_bytes_are_indexed_under_a_bounded_id() {
+    let es = Elasticsearch::start().await;
+    let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
+    sink.open(window_schema()).await.unwrap();
+    let long = ["ü".repeat(300), format!("{}b", "ü".repeat(300))];
+    let rows = window_rows(&[&long[0], &long[1], "ann"]);
+    assert_eq!(
+        sink.write_epoch(&key(1), std::slice::from_ref(&rows))
+            .await
+            .unwrap(),
+        WriteOutcome::all(3)
+    );
+    // A replay lands on the same documents.
+    sink.write_epoch(&key(1), &[rows]).await.unwrap();
+    let documents = es.documents("sessions");
+    assert_eq!(documents.len(), 3, "{:?}", documents.keys());
+    assert!(documents.keys().all(|id| id.len() <= 512));
+    for user in &long {
+        let (_, document) = documents
+            .iter()
+            .find(|(_, d)| d.source["user_id"] == user.as_str())
+            .expect("the long group value is in its document, in full");
+        assert_eq!(document.version, 2, "the replay overwrote it");
+    }
+}
+
+#[tokio::test]
 async fn items_refused_with_429_or_503_are_sent_again_until_indexed() {
     let es = Elasticsearch::start().await;
     let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
