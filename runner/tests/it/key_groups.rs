@@ -6,7 +6,7 @@
 use std::{process::Child, sync::mpsc};
 
 use crate::common::*;
-use crate::kafka::{close_partitions, send_all, stop_gracefully, wait_for_table};
+use crate::kafka::{send_all, stop_gracefully, wait_for_table};
 use sluice_tests::kafka::KafkaBroker;
 
 const TOPIC: &str = "clicks";
@@ -16,22 +16,9 @@ const REPLICAS: u32 = 3;
 /// Lines as messages, each to a partition chosen from its position (not its
 /// event type, the group-by key), and a closing event per partition.
 fn messages(lines: &mut Vec<Line>, events: usize) -> Vec<(i32, String)> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.jsonl");
-    write_jsonl(lines, &path);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut messages: Vec<(i32, String)> = text
-        .lines()
-        .enumerate()
-        .map(|(i, line)| {
-            (
-                ((i * 7 + i / 3) % PARTITIONS as usize) as i32,
-                line.to_owned(),
-            )
-        })
-        .collect();
-    close_partitions(lines, &mut messages, events, PARTITIONS);
-    messages
+    topic_messages(lines, events, PARTITIONS, |i| {
+        ((i * 7 + i / 3) % PARTITIONS as usize) as i32
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,6 +124,49 @@ pub fn write_jsonl_with_ids(lines: &[Line], ids: Option<&[usize]>, path: &Path) 
     std::fs::write(path, text).unwrap();
 }
 
+/// The time of the closing events [`topic_messages`] appends: ten minutes
+/// after the data.
+pub fn closing_time(events: usize) -> i64 {
+    START + events as i64 * 10 + 10 * MINUTE
+}
+
+/// The data set as Kafka messages, (partition, payload) in production
+/// order: line `i` to partition `partition_of(i)`, then a closing event per
+/// partition (also appended to `lines`), ten minutes after the data: the
+/// final watermark (the minimum over partitions) then passes every data
+/// window whatever order the partitions were read in.
+pub fn topic_messages(
+    lines: &mut Vec<Line>,
+    events: usize,
+    partitions: i32,
+    partition_of: impl Fn(usize) -> i32,
+) -> Vec<(i32, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    write_jsonl(lines, &path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut messages: Vec<(i32, String)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (partition_of(i), line.to_owned()))
+        .collect();
+    let closing = closing_time(events);
+    for partition in 0..partitions {
+        lines.push(Line::Event {
+            time: closing,
+            event_type: "view",
+        });
+        messages.push((
+            partition,
+            format!(
+                "{{\"timestamp\":\"{}\",\"event_type\":\"view\",\"key\":\"close\",\"value\":0}}",
+                rfc3339(closing)
+            ),
+        ));
+    }
+    messages
+}
+
 /// (window start, window end, event type) → count, in milliseconds.
 pub type Windows = BTreeMap<(i64, i64, String), i64>;
 
