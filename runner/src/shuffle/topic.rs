@@ -56,7 +56,8 @@ pub struct RepartitionTopic {
 impl RepartitionTopic {
     /// Creates the topic with `key_groups` partitions unless it exists, and
     /// checks that an existing one has exactly that many. The runner's Kafka
-    /// principal needs Create, Describe, Write and Read on it.
+    /// principal needs Describe, Write and Read on it, and Create unless the
+    /// topic exists already (an administrator may create it beforehand).
     pub async fn ensure(
         connection: &KafkaConnection,
         name: &str,
@@ -68,26 +69,33 @@ impl RepartitionTopic {
             error,
         };
         let config = connection.client_config();
+        // Looking the topic up must not create it with the broker's default
+        // partition count (brokers auto-create topics unless told otherwise).
         let admin: AdminClient<DefaultClientContext> = config
+            .clone()
+            .set("allow.auto.create.topics", "false")
             .create()
             .map_err(|e| error("creating the admin client", e))?;
-        // The broker's default replication factor, as for any topic an
-        // application creates.
-        let topic = NewTopic::new(name, key_groups as i32, TopicReplication::Fixed(-1));
-        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
-        let results = admin
-            .create_topics([&topic], &options)
-            .await
-            .map_err(|e| error("creating the topic", e))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, Code::TopicAlreadyExists)) => {}
-                Err((_, code)) => {
-                    return Err(error("creating the topic", KafkaError::AdminOp(code)));
+        let mut found = partitions(&admin, name).map_err(|e| error("reading its metadata", e))?;
+        if found == 0 {
+            // The broker's default replication factor, as for any topic an
+            // application creates.
+            let topic = NewTopic::new(name, key_groups as i32, TopicReplication::Fixed(-1));
+            let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+            let results = admin
+                .create_topics([&topic], &options)
+                .await
+                .map_err(|e| error("creating the topic", e))?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, Code::TopicAlreadyExists)) => {}
+                    Err((_, code)) => {
+                        return Err(error("creating the topic", KafkaError::AdminOp(code)));
+                    }
                 }
             }
+            found = partition_count(&admin, name).map_err(|e| error("reading its metadata", e))?;
         }
-        let found = partition_count(&admin, name).map_err(|e| error("reading its metadata", e))?;
         if found != key_groups as usize {
             return Err(RepartitionError::PartitionCount {
                 topic: name.to_owned(),
@@ -151,22 +159,71 @@ impl RepartitionTopic {
     }
 }
 
+/// The topic's partitions in the cluster's metadata (0 when it does not exist).
+fn partitions(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<usize, KafkaError> {
+    let metadata = admin.inner().fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len()))
+}
+
+/// The partitions of a topic just created, which can take a moment to show
+/// in metadata.
 fn partition_count(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
 ) -> Result<usize, KafkaError> {
     let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
     loop {
-        let metadata = admin.inner().fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map_or(0, |t| t.partitions().len());
-        // A new topic's partitions can take a moment to show in metadata.
+        let count = partitions(admin, topic)?;
         if count > 0 || std::time::Instant::now() > deadline {
             return Ok(count);
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    /// librdkafka's mock cluster serves no CreateTopics (its admin requests
+    /// time out), as a broker refusing the runner's principal Create would;
+    /// a topic created beforehand with the right partition count is used.
+    #[tokio::test]
+    async fn an_existing_topic_is_used_without_creating_it() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("groups", 8, 1).unwrap();
+        cluster.create_topic("too-few", 4, 1).unwrap();
+        let connection = KafkaConnection {
+            bootstrap_servers: cluster.bootstrap_servers(),
+            ..KafkaConnection::default()
+        };
+        let started = std::time::Instant::now();
+        let topic = RepartitionTopic::ensure(&connection, "groups", 8)
+            .await
+            .unwrap();
+        assert_eq!(topic.name(), "groups");
+        let refused = RepartitionTopic::ensure(&connection, "too-few", 8).await;
+        assert!(
+            matches!(
+                refused,
+                Err(RepartitionError::PartitionCount {
+                    found: 4,
+                    expected: 8,
+                    ..
+                })
+            ),
+            "{:?}",
+            refused.err()
+        );
+        assert!(
+            started.elapsed() < REQUEST_TIMEOUT,
+            "no admin request waited"
+        );
     }
 }

@@ -104,13 +104,21 @@ impl Sink for DeltaSink {
                         error,
                     })?;
             let columns: Vec<StructField> = delta_schema.fields().cloned().collect();
-            table
+            let created = table
                 .create()
                 .with_columns(columns)
                 .with_partition_columns(self.partition_by.clone())
                 .with_table_name(self.name.clone())
-                .await
-                .map_err(|e| self.error(e))?
+                .await;
+            match created {
+                Ok(table) => table,
+                // Another replica created it meanwhile (the key-group stages
+                // of several replicas share the window table): use theirs.
+                Err(error) => match open_table(&self.uri, HashMap::new()).await {
+                    Ok(table) if table.version().is_some() => table,
+                    _ => return Err(self.error(error)),
+                },
+            }
         };
         self.table = Some(table);
         Ok(())
@@ -291,4 +299,33 @@ async fn read_snapshot(table: &DeltaTable) -> Result<Vec<RecordBatch>, DeltaTabl
         batches.extend(read_file(&store, &path).await?);
     }
     Ok(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    /// The key-group stages of several replicas open one window table at
+    /// the same moment on their first start: each creates it or finds it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn replicas_opening_a_new_table_together_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = DeltaSpec {
+            uri: dir.path().join("table").display().to_string(),
+            credentials_secret_ref: None,
+            partition_by: Vec::new(),
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let opens = (0..8).map(|_| {
+            let (spec, schema) = (spec.clone(), schema.clone());
+            tokio::spawn(async move { DeltaSink::new("lake", &spec, false).open(schema).await })
+        });
+        for open in futures::future::join_all(opens).await {
+            open.unwrap().unwrap();
+        }
+    }
 }

@@ -43,16 +43,9 @@ struct Topic {
 impl Topic {
     fn generate(events: usize, seed: u64) -> Self {
         let mut lines = data_set_without_stragglers(events, seed);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        write_jsonl(&lines, &path);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut messages: Vec<(i32, String)> = text
-            .lines()
-            .enumerate()
-            .map(|(i, line)| ((i % PARTITIONS as usize) as i32, line.to_owned()))
-            .collect();
-        close_partitions(&mut lines, &mut messages, events, PARTITIONS);
+        let messages = topic_messages(&mut lines, events, PARTITIONS, |i| {
+            (i % PARTITIONS as usize) as i32
+        });
         Self { lines, messages }
     }
 
@@ -83,31 +76,6 @@ impl Topic {
                 (*partition, offset)
             })
             .collect()
-    }
-}
-
-/// Appends to the data set a closing event per partition, ten minutes after
-/// the data: the final watermark (the minimum over partitions) then passes
-/// every data window whatever order the partitions were read in.
-pub(crate) fn close_partitions(
-    lines: &mut Vec<Line>,
-    messages: &mut Vec<(i32, String)>,
-    events: usize,
-    partitions: i32,
-) {
-    let closing = START + events as i64 * 10 + 10 * MINUTE;
-    for partition in 0..partitions {
-        lines.push(Line::Event {
-            time: closing,
-            event_type: "view",
-        });
-        messages.push((
-            partition,
-            format!(
-                "{{\"timestamp\":\"{}\",\"event_type\":\"view\",\"key\":\"close\",\"value\":0}}",
-                rfc3339(closing)
-            ),
-        ));
     }
 }
 
@@ -176,18 +144,9 @@ pub(crate) fn scattered_messages(
     events: usize,
     partitions: i32,
 ) -> Vec<(i32, String)> {
-    let mut messages: Vec<(i32, String)> = text
-        .lines()
-        .enumerate()
-        .map(|(i, line)| {
-            (
-                ((i * 7 + i / 3) % partitions as usize) as i32,
-                line.to_owned(),
-            )
-        })
-        .collect();
-    close_partitions(lines, &mut messages, events, partitions);
-    messages
+    messages_of(text, lines, events, partitions, |i| {
+        ((i * 7 + i / 3) % partitions as usize) as i32
+    })
 }
 
 /// A manifest reading `topic` from its start with `replicas` replicas and

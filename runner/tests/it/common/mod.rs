@@ -135,6 +135,57 @@ pub fn jsonl_text(lines: &[Line], event: impl Fn(usize, i64, &str) -> String) ->
     text
 }
 
+/// The time of the closing events [`topic_messages`] appends: ten minutes
+/// after the data.
+pub fn closing_time(events: usize) -> i64 {
+    START + events as i64 * 10 + 10 * MINUTE
+}
+
+/// The data set as Kafka messages, (partition, payload) in production
+/// order: line `i` to partition `partition_of(i)`, then a closing event per
+/// partition (also appended to `lines`), ten minutes after the data: the
+/// final watermark (the minimum over partitions) then passes every data
+/// window whatever order the partitions were read in.
+pub fn topic_messages(
+    lines: &mut Vec<Line>,
+    events: usize,
+    partitions: i32,
+    partition_of: impl Fn(usize) -> i32,
+) -> Vec<(i32, String)> {
+    let text = reference_jsonl(lines, None);
+    messages_of(&text, lines, events, partitions, partition_of)
+}
+
+/// [`topic_messages`] over JSON lines `text` written from `lines`.
+pub fn messages_of(
+    text: &str,
+    lines: &mut Vec<Line>,
+    events: usize,
+    partitions: i32,
+    partition_of: impl Fn(usize) -> i32,
+) -> Vec<(i32, String)> {
+    let mut messages: Vec<(i32, String)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (partition_of(i), line.to_owned()))
+        .collect();
+    let closing = closing_time(events);
+    for partition in 0..partitions {
+        lines.push(Line::Event {
+            time: closing,
+            event_type: "view",
+        });
+        messages.push((
+            partition,
+            format!(
+                "{{\"timestamp\":\"{}\",\"event_type\":\"view\",\"key\":\"close\",\"value\":0}}",
+                rfc3339(closing)
+            ),
+        ));
+    }
+    messages
+}
+
 /// (window start, window end, event type) → count, in milliseconds.
 pub type Windows = BTreeMap<(i64, i64, String), i64>;
 
