@@ -361,13 +361,8 @@ impl ObjectStoreCheckpoints {
         uri: &str,
         generation: u64,
     ) -> Result<Vec<LaneState>, CheckpointError> {
-        let prefix =
-            (generation > 0).then(|| Path::from(format!("{GENERATION_PREFIX}{generation}")));
         let mut lanes = Vec::new();
-        for name in Self::folders(store, uri, prefix.as_ref()).await? {
-            let Some(lane) = lane_of(&name, generation) else {
-                continue;
-            };
+        for lane in Self::lane_names(store, uri, generation).await? {
             let checkpoints = Self::new(store.clone(), uri, lane);
             let latest = checkpoints.latest_checkpoint().await?;
             let unfinished = checkpoints
@@ -383,6 +378,21 @@ impl ObjectStoreCheckpoints {
             });
         }
         Ok(lanes)
+    }
+
+    /// The lanes of `generation` that have a folder (listing only, no reads).
+    pub async fn lane_names(
+        store: &Arc<dyn ObjectStore>,
+        uri: &str,
+        generation: u64,
+    ) -> Result<Vec<Lane>, CheckpointError> {
+        let prefix =
+            (generation > 0).then(|| Path::from(format!("{GENERATION_PREFIX}{generation}")));
+        Ok(Self::folders(store, uri, prefix.as_ref())
+            .await?
+            .iter()
+            .filter_map(|name| lane_of(name, generation))
+            .collect())
     }
 
     /// Names of the folders directly under `prefix` (the root for `None`).

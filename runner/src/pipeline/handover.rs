@@ -52,9 +52,23 @@ pub async fn take_over(
             key_groups: uses_key_groups && identity.replicas > 1,
         });
     };
+    // An ordinary restart: this runner's own lane says the count is the same,
+    // so no other lane's checkpoint (window state included) need be read.
+    let own = Lane {
+        generation: newest,
+        ..Lane::replica(identity.replica)
+    };
+    let own_latest = ObjectStoreCheckpoints::new(store.clone(), uri, own)
+        .latest_checkpoint()
+        .await?;
+    if own_latest.is_some_and(|c| c.replicas == Some(identity.replicas)) {
+        let names = ObjectStoreCheckpoints::lane_names(&store, uri, newest).await?;
+        return Ok(Takeover {
+            generation: newest,
+            key_groups: uses_key_groups && (identity.replicas > 1 || has_key_groups(names)),
+        });
+    }
     let lanes = ObjectStoreCheckpoints::lanes(&store, uri, newest).await?;
-    let has_key_groups =
-        |lanes: &[LaneState]| lanes.iter().any(|l| l.lane.stage == Stage::KeyGroups);
     // Checkpoints from before replica counts were recorded: the replicas
     // that checkpointed tell it.
     let written = lanes
@@ -86,7 +100,8 @@ pub async fn take_over(
     let Some(previous) = previous else {
         return Ok(Takeover {
             generation,
-            key_groups: uses_key_groups && (identity.replicas > 1 || has_key_groups(&lanes)),
+            key_groups: uses_key_groups
+                && (identity.replicas > 1 || has_key_groups(lanes.iter().map(|l| l.lane))),
         });
     };
     let old = if previous == newest {
@@ -98,7 +113,8 @@ pub async fn take_over(
     // the repartition topic may still hold partials the old set sent.
     let takeover = Takeover {
         generation,
-        key_groups: uses_key_groups && (identity.replicas > 1 || has_key_groups(&old)),
+        key_groups: uses_key_groups
+            && (identity.replicas > 1 || has_key_groups(old.iter().map(|l| l.lane))),
     };
     let slices = Slices::gather(&old, identity, takeover, key_groups)?;
     tracing::info!(
@@ -119,6 +135,11 @@ pub async fn take_over(
         write_once(&store, uri, lane(Stage::KeyGroups), key_groups).await?;
     }
     Ok(takeover)
+}
+
+/// Whether key groups already exist among `lanes`.
+fn has_key_groups(lanes: impl IntoIterator<Item = Lane>) -> bool {
+    lanes.into_iter().any(|lane| lane.stage == Stage::KeyGroups)
 }
 
 /// Writes a lane's first checkpoint; one already there is this runner's own

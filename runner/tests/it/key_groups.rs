@@ -26,6 +26,20 @@ struct Setup {
     expected: Windows,
 }
 
+impl Setup {
+    /// Waits until the Delta table holds the batch computation's rows (or
+    /// the deadline passes), asserts that it does, and stops the runners.
+    async fn assert_rows_then_stop(&self, mut replicas: Replicas, after: &str) {
+        let actual =
+            wait_for_table(&self.table, &self.expected, &mut replicas.runners[0].child).await;
+        assert_eq!(
+            actual, self.expected,
+            "{after}: Delta rows differ from the batch computation"
+        );
+        replicas.stop();
+    }
+}
+
 fn setup(events: usize, seed: u64) -> Setup {
     let broker = KafkaBroker::start().unwrap();
     broker.create_topic(TOPIC, PARTITIONS).unwrap();
@@ -63,7 +77,7 @@ fn setup(events: usize, seed: u64) -> Setup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_write_the_rows_of_the_batch_computation() {
     let setup = setup(30_000, 11);
-    let mut replicas = Replicas::start(
+    let replicas = Replicas::start(
         &setup.broker,
         TOPIC,
         &setup.messages,
@@ -71,17 +85,9 @@ async fn three_replicas_write_the_rows_of_the_batch_computation() {
         REPLICAS,
     )
     .await;
-    let actual = wait_for_table(
-        &setup.table,
-        &setup.expected,
-        &mut replicas.runners[0].child,
-    )
-    .await;
-    assert_eq!(
-        actual, setup.expected,
-        "three replicas' Delta rows differ from the batch computation"
-    );
-    replicas.stop();
+    setup
+        .assert_rows_then_stop(replicas, "three replicas")
+        .await;
 }
 
 /// Kills a runner with SIGKILL once it has committed an epoch, and starts it again.
@@ -162,19 +168,11 @@ async fn rescaling_three_to_two_to_four_with_kills_keeps_rows_exact_and_reads_ea
     kill_and_restart(manifest, &mut replicas, 0);
     replicas.stop();
 
-    let mut replicas = Replicas::start_all(manifest, 4);
+    let replicas = Replicas::start_all(manifest, 4);
     send_all(&setup.broker, TOPIC, &messages[part(7)..]);
-    let actual = wait_for_table(
-        &setup.table,
-        &setup.expected,
-        &mut replicas.runners[0].child,
-    )
-    .await;
-    assert_eq!(
-        actual, setup.expected,
-        "rows after rescaling 3 → 2 → 4 differ from the batch computation"
-    );
-    replicas.stop();
+    setup
+        .assert_rows_then_stop(replicas, "after rescaling 3 → 2 → 4")
+        .await;
 
     // Each partition was read once from its start to its end: no range read
     // twice (no restart from the earliest offset), none skipped.
@@ -213,17 +211,9 @@ async fn one_runners_windows_move_into_the_key_groups_of_two() {
     send_all(&setup.broker, TOPIC, &setup.messages[LINES_PER_EPOCH..half]);
     replicas.stop();
 
-    let mut replicas = Replicas::start_all(&setup.manifest, 2);
+    let replicas = Replicas::start_all(&setup.manifest, 2);
     send_all(&setup.broker, TOPIC, &setup.messages[half..]);
-    let actual = wait_for_table(
-        &setup.table,
-        &setup.expected,
-        &mut replicas.runners[0].child,
-    )
-    .await;
-    assert_eq!(
-        actual, setup.expected,
-        "rows after going from one runner to two differ from the batch computation"
-    );
-    replicas.stop();
+    setup
+        .assert_rows_then_stop(replicas, "after going from one runner to two")
+        .await;
 }
