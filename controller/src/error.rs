@@ -16,7 +16,7 @@ pub enum Error {
         source: kube::Error,
     },
     #[error("cannot render the pipeline for the runners: {0}")]
-    Render(#[from] serde_yaml::Error),
+    Render(#[from] crate::render::RenderError),
     #[error("cannot serialise the status: {0}")]
     Serialize(#[source] serde_json::Error),
     #[error("cannot delete checkpoints at {uri}: {source}")]

@@ -11,7 +11,7 @@ use sluice_crds::{StreamPipelineSpec, check_expressions, rules::OBJECT_STORE_SCH
 
 use crate::{
     error::{self, Error},
-    render::{SecretUse, secret_references},
+    render::{RenderError, SecretUse, secret_references},
 };
 
 /// Why a pipeline cannot run until its spec or the cluster changes.
@@ -56,7 +56,8 @@ pub async fn secrets(
     spec: &StreamPipelineSpec,
 ) -> Result<Option<Invalid>, Error> {
     let mut fetched: BTreeMap<String, Option<Secret>> = BTreeMap::new();
-    for reference in secret_references(spec) {
+    let references = secret_references(spec).map_err(RenderError::from)?;
+    for reference in references {
         if !fetched.contains_key(&reference.secret) {
             let secret = secrets
                 .get_opt(&reference.secret)

@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod rules;
 mod runner_status;
 mod secret;
+mod secret_fields;
 pub mod v1alpha1;
 
 pub use duration::{DURATION_PATTERN, Duration, DurationError};
@@ -16,6 +17,7 @@ pub use runner_status::RunnerStatus;
 pub use secret::{
     CredentialsRef, SECRETS_DIR, SECRETS_DIR_ENV, SecretKeyRef, SecretRef, secret_env_var,
 };
+pub use secret_fields::{ReferencedSecret, SecretField, SecretFieldsError, secret_fields};
 pub use v1alpha1::*;
 
 /// Annotations that keep the CRD when the release or Application that

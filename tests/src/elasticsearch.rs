@@ -1,13 +1,13 @@
-//! An in-process stand-in for Elasticsearch's `_bulk` API (no Elasticsearch can
-//! be installed here). It checks the protocol strictly — `POST /_bulk` or
+//! An in-process stand-in for Elasticsearch's `_bulk` API, for the faults a
+//! real server cannot be made to show (tests that need real semantics use
+//! [`crate::opensearch`]). It checks the protocol strictly — `POST /_bulk` or
 //! `POST /<index>/_bulk`, `Content-Type: application/x-ndjson`, newline-terminated
 //! body, an action line (`index`, `create`, `update` or `delete`) naming `_id` and
 //! `_index` (or the URL's index) followed by a source line where the action needs
 //! one — and refuses violations with a 400 like Elasticsearch's. Documents are
 //! stored by (index, id), so a replay overwrites. Per-item failures can be
-//! scripted per document id, fields can be mapped as numbers (documents with
-//! anything else there are refused like Elasticsearch refuses them), and
-//! whole requests can be failed.
+//! scripted per document id (429 and 503 refusals), whole requests can be
+//! failed, and every request's headers and ids are kept for the test.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -33,8 +33,6 @@ pub enum ItemFailure {
     Rejected,
     /// 503 `unavailable_shards_exception`: the shard is not ready; retry.
     Unavailable,
-    /// 400 `mapper_parsing_exception`: the document does not fit the mapping; never succeeds.
-    MapperParsing,
 }
 
 impl ItemFailure {
@@ -42,11 +40,10 @@ impl ItemFailure {
         match self {
             Self::Rejected => 429,
             Self::Unavailable => 503,
-            Self::MapperParsing => 400,
         }
     }
 
-    fn error(self, index: &str, id: &str) -> Value {
+    fn error(self, index: &str) -> Value {
         let (kind, reason) = match self {
             Self::Rejected => (
                 "es_rejected_execution_exception",
@@ -55,10 +52,6 @@ impl ItemFailure {
             Self::Unavailable => (
                 "unavailable_shards_exception",
                 format!("[{index}][0] primary shard is not active"),
-            ),
-            Self::MapperParsing => (
-                "mapper_parsing_exception",
-                format!("failed to parse field [value] of type [long] in document with id '{id}'"),
             ),
         };
         json!({"type": kind, "reason": reason, "index": index})
@@ -91,8 +84,6 @@ pub struct BulkRequest {
 struct EsState {
     documents: BTreeMap<(String, String), Document>,
     item_failures: HashMap<String, VecDeque<ItemFailure>>,
-    /// Dot-separated paths mapped as `long`.
-    numeric_fields: Vec<String>,
     request_failures: VecDeque<u16>,
     requests: Vec<BulkRequest>,
 }
@@ -125,12 +116,6 @@ impl Elasticsearch {
         let mut state = self.lock();
         let queue = state.item_failures.entry(id.to_owned()).or_default();
         queue.extend(std::iter::repeat_n(failure, times.min(1_000_000)));
-    }
-
-    /// Maps the dot-separated `path` as a number: documents where it holds
-    /// anything else are refused with a 400 `mapper_parsing_exception`.
-    pub fn map_as_number(&self, path: &str) {
-        self.lock().numeric_fields.push(path.to_owned());
     }
 
     /// The next whole `_bulk` request is answered with `status` (for example 503).
@@ -260,19 +245,8 @@ impl EsState {
             .get_mut(&id)
             .and_then(VecDeque::pop_front);
         let key = (index.clone(), id.clone());
-        let unmappable = source.as_ref().and_then(|source| {
-            self.numeric_fields.iter().find(|path| {
-                let value = path.split('.').try_fold(source, |v, key| v.get(key));
-                value.is_some_and(|v| !v.is_number() && !v.is_null())
-            })
-        });
         let result = if let Some(failure) = failure {
-            json!({"_index": index, "_id": id, "status": failure.status(), "error": failure.error(&index, &id)})
-        } else if let Some(path) = unmappable {
-            json!({"_index": index, "_id": id, "status": 400, "error": {
-                "type": "mapper_parsing_exception",
-                "reason": format!("failed to parse field [{path}] of type [long] in document with id '{id}'"),
-            }})
+            json!({"_index": index, "_id": id, "status": failure.status(), "error": failure.error(&index)})
         } else {
             // parse_bulk gives every action but `delete` a source.
             match source {

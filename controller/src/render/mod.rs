@@ -92,6 +92,15 @@ impl Runners {
     }
 }
 
+/// Why the owned objects could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot write the manifest for the runners: {0}")]
+    Manifest(#[from] serde_yaml::Error),
+    #[error(transparent)]
+    SecretReferences(#[from] sluice_crds::SecretFieldsError),
+}
+
 /// Renders all owned objects for checkpoint lineage `lineage` and the runner
 /// set `runners`, with the runner defaults of `settings` (image, pull
 /// secrets, ServiceAccount annotations).
@@ -100,8 +109,9 @@ pub fn render(
     settings: &Settings,
     lineage: i64,
     runners: Runners,
-) -> Result<Rendered, serde_yaml::Error> {
+) -> Result<Rendered, RenderError> {
     let config_map = config_map::render(pipeline, lineage, runners.parallelism)?;
+    let secrets = secret_references(&pipeline.spec)?;
     // The pod template carries a hash of the runner's configuration, so any
     // change of it (the rendered pipeline, hence also the lineage) rolls the pods.
     let config_hash = sha256_hex(
@@ -117,7 +127,7 @@ pub fn render(
             &settings.runner_service_account_annotations,
         ),
         service: service::render(pipeline),
-        stateful_set: stateful_set::render(pipeline, settings, &config_hash, runners),
+        stateful_set: stateful_set::render(pipeline, settings, &config_hash, runners, &secrets),
         config_map,
     })
 }

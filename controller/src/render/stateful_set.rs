@@ -23,7 +23,7 @@ use sluice_crds::{SECRETS_DIR, StreamPipeline, secret_env_var};
 use crate::Settings;
 
 use super::{
-    CONFIG_FILE, CONFIG_KEY, Names, Runners, SecretUse, owned_meta, secret_references,
+    CONFIG_FILE, CONFIG_KEY, Names, Runners, SecretReference, SecretUse, owned_meta,
     selector_labels,
 };
 
@@ -41,6 +41,7 @@ pub(super) fn render(
     settings: &Settings,
     config_hash: &str,
     runners: Runners,
+    secrets: &[SecretReference],
 ) -> StatefulSet {
     let default_image = settings.runner_image.as_str();
     let spec = &pipeline.spec;
@@ -52,7 +53,7 @@ pub(super) fn render(
         CONFIG_HASH_ANNOTATION.to_owned(),
         config_hash.to_owned(),
     )]));
-    let (volumes, mounts) = volumes(pipeline);
+    let (volumes, mounts) = volumes(pipeline, secrets);
     StatefulSet {
         metadata: owned_meta(pipeline, Names::stateful_set(pipeline)),
         spec: Some(StatefulSetSpec {
@@ -89,7 +90,7 @@ pub(super) fn render(
                         seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
-                    containers: vec![container(pipeline, default_image, mounts, runners)],
+                    containers: vec![container(pipeline, default_image, mounts, runners, secrets)],
                     volumes: Some(volumes),
                     node_selector: (!spec.runner.node_selector.is_empty())
                         .then(|| spec.runner.node_selector.clone()),
@@ -122,9 +123,10 @@ fn container(
     default_image: &str,
     mounts: Vec<VolumeMount>,
     runners: Runners,
+    secrets: &[SecretReference],
 ) -> Container {
     let spec = &pipeline.spec;
-    let (env, env_from) = environment(pipeline, runners);
+    let (env, env_from) = environment(pipeline, runners, secrets);
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -184,8 +186,11 @@ fn value(name: &str, value: impl Into<String>) -> EnvVar {
 /// The runner's environment: identity, listen address, and the Secrets
 /// passed by reference (`secretKeyRef`, `envFrom`). The log filter is in the
 /// manifest (`spec.runner.logLevel`).
-fn environment(pipeline: &StreamPipeline, runners: Runners) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
-    let spec = &pipeline.spec;
+fn environment(
+    pipeline: &StreamPipeline,
+    runners: Runners,
+    secrets: &[SecretReference],
+) -> (Vec<EnvVar>, Vec<EnvFromSource>) {
     let mut env = vec![
         EnvVar {
             name: "SLUICE_REPLICA".into(),
@@ -209,7 +214,7 @@ fn environment(pipeline: &StreamPipeline, runners: Runners) -> (Vec<EnvVar>, Vec
     ];
     let mut env_from: Vec<EnvFromSource> = Vec::new();
     let mut seen_env = BTreeSet::new();
-    for reference in secret_references(spec) {
+    for reference in secrets {
         match reference.usage {
             SecretUse::Env => {
                 for key in &reference.keys {
@@ -250,7 +255,10 @@ fn environment(pipeline: &StreamPipeline, runners: Runners) -> (Vec<EnvVar>, Vec
 
 /// The manifest, a writable `/tmp`, and one read-only volume per Secret
 /// referenced by key, holding only the referenced keys.
-fn volumes(pipeline: &StreamPipeline) -> (Vec<Volume>, Vec<VolumeMount>) {
+fn volumes(
+    pipeline: &StreamPipeline,
+    secrets: &[SecretReference],
+) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = vec![
         Volume {
             name: "pipeline".into(),
@@ -286,12 +294,12 @@ fn volumes(pipeline: &StreamPipeline) -> (Vec<Volume>, Vec<VolumeMount>) {
         },
     ];
     let mut keys_by_secret: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for reference in secret_references(&pipeline.spec) {
+    for reference in secrets {
         if reference.usage == SecretUse::File {
             keys_by_secret
-                .entry(reference.secret)
+                .entry(reference.secret.clone())
                 .or_default()
-                .extend(reference.keys);
+                .extend(reference.keys.iter().cloned());
         }
     }
     for (i, (secret, keys)) in keys_by_secret.into_iter().enumerate() {

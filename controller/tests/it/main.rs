@@ -8,4 +8,5 @@ mod permissions;
 mod pod_status;
 mod reconcile;
 mod rescale;
+mod secrets;
 mod webhooks;

@@ -1,10 +1,11 @@
-//! The Elasticsearch sink against a local `_bulk` server that checks the
-//! NDJSON protocol and answers per-item errors: deterministic ids make a
-//! replay overwrite, items refused with 429/503 (a partial failure) are sent
-//! again until indexed, an event that does not fit the index mapping goes to
-//! the dead-letter output while the rest is written, a window row that does
-//! not fit fails the epoch with the server's reason, and requests stay within
-//! `batchRows`.
+//! The Elasticsearch sink against a real OpenSearch-compatible server
+//! (osmem-server): deterministic ids make a replay overwrite, identities over
+//! the 512-byte id limit are indexed, an event that does not fit the index
+//! mapping goes to the dead-letter output while the rest is written, and a
+//! window row that does not fit fails the epoch with the server's reason.
+//! Faults a real server cannot be made to show (items refused with 429/503,
+//! a whole request failing, the headers sent) use the scripted `_bulk`
+//! stand-in, which also checks the NDJSON protocol and `batchRows`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,7 +22,10 @@ use sluice_runner::{
     sink::{ElasticsearchSink, EpochKey, Lane, Sink, WriteOutcome},
     telemetry::{SinkMetrics, Telemetry},
 };
-use sluice_tests::elasticsearch::{Elasticsearch, ItemFailure};
+use sluice_tests::{
+    elasticsearch::{Elasticsearch, ItemFailure},
+    opensearch::OpenSearch,
+};
 
 /// 2026-11-24T10:00:00Z in microseconds.
 const START_MICROS: i64 = 1_795_514_400_000_000;
@@ -52,8 +56,8 @@ fn window_rows(users: &[&str]) -> RecordBatch {
     RecordBatch::try_new(window_schema(), columns).unwrap()
 }
 
-fn es_sink(es: &Elasticsearch, extra: serde_json::Value, secrets: &Secrets) -> ElasticsearchSink {
-    let mut spec = json!({"url": es.url(), "index": "sessions", "batchRows": 3});
+fn es_sink(url: &str, extra: serde_json::Value, secrets: &Secrets) -> ElasticsearchSink {
+    let mut spec = json!({"url": url, "index": "sessions", "batchRows": 3});
     spec.as_object_mut()
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
@@ -87,8 +91,8 @@ const USERS: [&str; 7] = ["ann", "bob", "cy", "dee", "eve", "fay", "gus"];
 
 #[tokio::test]
 async fn documents_get_deterministic_ids_and_a_replay_overwrites_them() {
-    let es = Elasticsearch::start().await;
-    let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
+    let es = OpenSearch::start();
+    let mut sink = es_sink(es.url(), json!({}), &Secrets::in_dir("/nonexistent"));
     sink.open(window_schema()).await.unwrap();
     let rows = window_rows(&USERS);
     assert_eq!(
@@ -97,23 +101,16 @@ async fn documents_get_deterministic_ids_and_a_replay_overwrites_them() {
             .unwrap(),
         WriteOutcome::all(7)
     );
-    let documents = es.documents("sessions");
+    let documents = es.documents("sessions").await;
     assert_eq!(documents.len(), 7);
     let id = "uid-1/2026-11-24T10:00:00Z/2026-11-24T10:01:00Z/cy";
     let cy = &documents[id];
     assert_eq!(cy.source["user_id"], "cy");
     assert_eq!(cy.source["events"], 3);
     assert_eq!(cy.source["window_start"], "2026-11-24T10:00:00Z");
-    // 7 documents in requests of at most 3, each request well-formed.
-    let requests = es.requests();
-    assert_eq!(
-        requests.iter().map(|r| r.actions).collect::<Vec<_>>(),
-        vec![3, 3, 1]
-    );
-    assert!(requests.iter().all(|r| r.protocol_error.is_none()));
 
     sink.write_epoch(&key(4), &[rows]).await.unwrap();
-    let replayed = es.documents("sessions");
+    let replayed = es.documents("sessions").await;
     assert_eq!(replayed.len(), 7, "a replay adds no document");
     assert!(
         replayed.values().all(|d| d.version == 2),
@@ -123,8 +120,8 @@ async fn documents_get_deterministic_ids_and_a_replay_overwrites_them() {
 
 #[tokio::test]
 async fn rows_with_identities_over_512_bytes_are_indexed_under_a_bounded_id() {
-    let es = Elasticsearch::start().await;
-    let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
+    let es = OpenSearch::start();
+    let mut sink = es_sink(es.url(), json!({}), &Secrets::in_dir("/nonexistent"));
     sink.open(window_schema()).await.unwrap();
     let long = ["ü".repeat(300), format!("{}b", "ü".repeat(300))];
     let rows = window_rows(&[&long[0], &long[1], "ann"]);
@@ -136,7 +133,7 @@ async fn rows_with_identities_over_512_bytes_are_indexed_under_a_bounded_id() {
     );
     // A replay lands on the same documents.
     sink.write_epoch(&key(1), &[rows]).await.unwrap();
-    let documents = es.documents("sessions");
+    let documents = es.documents("sessions").await;
     assert_eq!(documents.len(), 3, "{:?}", documents.keys());
     assert!(documents.keys().all(|id| id.len() <= 512));
     for user in &long {
@@ -151,7 +148,7 @@ async fn rows_with_identities_over_512_bytes_are_indexed_under_a_bounded_id() {
 #[tokio::test]
 async fn items_refused_with_429_or_503_are_sent_again_until_indexed() {
     let es = Elasticsearch::start().await;
-    let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
+    let mut sink = es_sink(es.url(), json!({}), &Secrets::in_dir("/nonexistent"));
     sink.open(window_schema()).await.unwrap();
     let id = |user: &str| format!("uid-1/2026-11-24T10:00:00Z/2026-11-24T10:01:00Z/{user}");
     es.fail_item(&id("bob"), ItemFailure::Rejected, 2);
@@ -167,7 +164,13 @@ async fn items_refused_with_429_or_503_are_sent_again_until_indexed() {
         documents.values().all(|d| d.version == 1),
         "nothing was indexed twice"
     );
-    let sent: Vec<Vec<String>> = es.requests().into_iter().map(|r| r.ids).collect();
+    let requests = es.requests();
+    assert!(requests.iter().all(|r| r.protocol_error.is_none()));
+    assert!(
+        requests.iter().all(|r| r.actions <= 3),
+        "requests stay within batchRows"
+    );
+    let sent: Vec<Vec<String>> = requests.into_iter().map(|r| r.ids).collect();
     let resent_bob = sent.iter().flatten().filter(|i| **i == id("bob")).count();
     assert_eq!(
         resent_bob, 4,
@@ -185,24 +188,29 @@ async fn items_refused_with_429_or_503_are_sent_again_until_indexed() {
 
 #[tokio::test]
 async fn window_rows_that_can_never_be_indexed_fail_the_epoch_with_the_reason() {
-    let es = Elasticsearch::start().await;
-    let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
+    // The index maps user ids as numbers: "dee" cannot be one.
+    let es = OpenSearch::start();
+    es.create_index(
+        "sessions",
+        json!({"properties": {"user_id": {"type": "long"}}}),
+    )
+    .await;
+    let mut sink = es_sink(es.url(), json!({}), &Secrets::in_dir("/nonexistent"));
     let id = "uid-1/2026-11-24T10:00:00Z/2026-11-24T10:01:00Z/dee";
-    es.fail_item(id, ItemFailure::MapperParsing, usize::MAX);
     let error = sink
-        .write_epoch(&key(0), &[window_rows(&USERS)])
+        .write_epoch(&key(0), &[window_rows(&["11", "12", "dee", "14"])])
         .await
         .unwrap_err()
         .to_string();
     assert!(error.contains(id), "{error}");
     assert!(
-        error.contains("400 mapper_parsing_exception: failed to parse field [value]"),
+        error.contains("400 mapper_parsing_exception: failed to parse field [user_id]"),
         "{error}"
     );
 
     // Retryable refusals that never stop give up with a count, not silence.
     let es = Elasticsearch::start().await;
-    let mut sink = es_sink(&es, json!({}), &Secrets::in_dir("/nonexistent"));
+    let mut sink = es_sink(es.url(), json!({}), &Secrets::in_dir("/nonexistent"));
     es.fail_item(id, ItemFailure::Rejected, usize::MAX);
     let error = sink
         .write_epoch(&key(0), &[window_rows(&USERS)])
@@ -226,7 +234,7 @@ async fn credentials_come_from_secrets_and_never_show_in_errors() {
     )
     .unwrap();
     let mut sink = es_sink(
-        &es,
+        es.url(),
         json!({"apiKeySecretRef": {"name": "es-writer", "key": "api-key"}}),
         &Secrets::in_dir(secrets.path()),
     );
@@ -256,8 +264,12 @@ async fn credentials_come_from_secrets_and_never_show_in_errors() {
 /// and its source position, and every other event is indexed.
 #[tokio::test]
 async fn events_that_do_not_fit_the_mapping_are_dead_lettered_and_the_rest_indexed() {
-    let es = Elasticsearch::start().await;
-    es.map_as_number("event.value");
+    let es = OpenSearch::start();
+    es.create_index(
+        "events",
+        json!({"properties": {"event": {"properties": {"value": {"type": "long"}}}}}),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("events.jsonl");
     let bad = [17, 33];
@@ -309,6 +321,7 @@ spec:
 
     let mut indexed: Vec<i64> = es
         .documents("events")
+        .await
         .values()
         .map(|d| d.source["event"]["n"].as_i64().unwrap())
         .collect();

@@ -19,7 +19,7 @@ use arrow::{
 };
 use serde_json::{Value, json};
 use sluice_runner::sink::delta::read_table;
-use sluice_tests::{clickhouse::ClickHouse, elasticsearch::Elasticsearch, kafka::KafkaBroker};
+use sluice_tests::{clickhouse::ClickHouse, kafka::KafkaBroker, opensearch::OpenSearch};
 
 use crate::common::*;
 use crate::kafka::{Replicas, replicated_manifest, scattered_messages};
@@ -310,9 +310,9 @@ async fn clickhouse_rows(server: &ClickHouse) -> Rows {
 }
 
 /// The documents of the Elasticsearch index.
-fn elasticsearch_rows(es: &Elasticsearch) -> Rows {
+async fn elasticsearch_rows(es: &OpenSearch) -> Rows {
     let mut rows = Rows::new();
-    for document in es.documents("windows").into_values() {
+    for document in es.documents("windows").await.into_values() {
         let row = document.source;
         let (event_type, region) = json_groups(&row);
         let time = |name: &str| {
@@ -369,7 +369,7 @@ fn add_batch_rows(rows: &mut Rows, batch: &RecordBatch) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_fill_elasticsearch_and_clickhouse_with_the_rows_of_the_batch_computation() {
     let broker = KafkaBroker::start().unwrap();
-    let es = Elasticsearch::start().await;
+    let es = OpenSearch::start();
     let clickhouse = ClickHouse::start().await;
     clickhouse.query(CLICKHOUSE_TABLE).await;
     let sinks = format!(
@@ -378,7 +378,7 @@ async fn two_replicas_fill_elasticsearch_and_clickhouse_with_the_rows_of_the_bat
         clickhouse.url(),
     );
     let mut run = Run::start(&broker, 20_000, 4, 2, 4, |_| sinks).await;
-    run.assert_sink_rows("Elasticsearch", async || elasticsearch_rows(&es))
+    run.assert_sink_rows("Elasticsearch", async || elasticsearch_rows(&es).await)
         .await;
     run.assert_sink_rows("ClickHouse", async || clickhouse_rows(&clickhouse).await)
         .await;

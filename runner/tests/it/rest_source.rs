@@ -4,7 +4,7 @@
 //! epochs, a feed that keeps growing, a replay by a fresh source, and a
 //! restart of the runner binary.
 
-use crate::common;
+use crate::common::{self, poll_until};
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -18,7 +18,7 @@ use sluice_runner::{
     telemetry::{RequestMeter, Telemetry},
 };
 use sluice_tests::{
-    elasticsearch::Elasticsearch,
+    opensearch::OpenSearch,
     rest_api::{Faults, RestApi, ScriptedResponse},
 };
 
@@ -355,13 +355,29 @@ async fn headers_come_from_mounted_secrets_and_client_errors_stop_the_source() {
     );
 }
 
+/// Waits until `index` holds `n` documents, while `runner` stays up.
+async fn wait_for_documents(
+    es: &OpenSearch,
+    runner: &mut std::process::Child,
+    index: &str,
+    n: usize,
+) {
+    let indexed = poll_until(
+        &mut [runner],
+        async || es.documents(index).await.len(),
+        |indexed| *indexed >= n,
+    )
+    .await;
+    assert!(indexed >= n, "only {indexed} of {n} documents in {index}");
+}
+
 /// Every event is processed exactly once across a crash of the runner: the
 /// events sink holds each event under one id, and every closed window counts
 /// exactly its events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_processed_exactly_once_across_a_runner_restart() {
     let api = RestApi::start(faults()).await;
-    let es = Elasticsearch::start().await;
+    let es = OpenSearch::start();
     api.push(events(0..400));
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets");
@@ -414,34 +430,19 @@ spec:
     .unwrap();
     let env = [("SLUICE_SECRETS_DIR", secrets.display().to_string())];
 
-    let wait_for_events = |n: usize| {
-        let deadline = Instant::now() + DEADLINE;
-        while es.documents("events").len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} events indexed",
-                es.documents("events").len()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
     let (mut runner, _logs) = common::spawn_runner(&manifest, &env);
-    wait_for_events(150);
+    wait_for_documents(&es, &mut runner, "events", 150).await;
     runner.kill().unwrap();
     runner.wait().unwrap();
     api.push(events(400..700));
     let (mut runner, _logs) = common::spawn_runner(&manifest, &env);
-    wait_for_events(700);
+    wait_for_documents(&es, &mut runner, "events", 700).await;
     // 700 one-second events close 11 full minutes of three kinds.
-    let deadline = Instant::now() + DEADLINE;
-    while es.documents("counts").len() < 33 {
-        assert!(Instant::now() < deadline, "windows did not close");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_documents(&es, &mut runner, "counts", 33).await;
     runner.kill().unwrap();
     runner.wait().unwrap();
 
-    let indexed = es.documents("events");
+    let indexed = es.documents("events").await;
     let mut ids: Vec<u64> = indexed
         .values()
         .map(|d| d.source["event"]["id"].as_u64().unwrap())
@@ -455,7 +456,7 @@ spec:
             .entry((minute, ["a", "b", "c"][(id % 3) as usize].to_owned()))
             .or_insert(0) += 1;
     }
-    for document in es.documents("counts").values() {
+    for document in es.documents("counts").await.values() {
         let start = document.source["window_start"]
             .as_str()
             .unwrap()
@@ -469,7 +470,6 @@ spec:
             "window {document:?} counts its events exactly once"
         );
     }
-    assert!(es.requests().iter().all(|r| r.protocol_error.is_none()));
     assert!(
         api.requests()
             .iter()

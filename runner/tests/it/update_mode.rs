@@ -5,13 +5,13 @@
 //! overwrites by id), and the rows of closed windows equal append mode's.
 
 use sluice_runner::sink::delta::{read_table, read_table_version};
-use sluice_tests::elasticsearch::Elasticsearch;
+use sluice_tests::opensearch::OpenSearch;
 
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_mode_shows_open_windows_and_ends_with_append_modes_rows() {
-    let es = Elasticsearch::start().await;
+    let es = OpenSearch::start();
     let run = LocalReferenceRun::prepare(30_000, 17, "0s");
     let search_sink = format!(
         "{{name: search, elasticsearch: {{url: \"{}\", index: windows}}}}",
@@ -56,7 +56,7 @@ async fn update_mode_shows_open_windows_and_ends_with_append_modes_rows() {
 
     // Elasticsearch holds the same latest values, each document overwritten
     // as its window changed.
-    let documents = es.documents("windows");
+    let documents = es.documents("windows").await;
     let mut indexed = Windows::new();
     let millis = |v: &serde_json::Value| {
         v.as_str()
