@@ -1,7 +1,9 @@
 //! Harnesses that start the real services the tests talk to (S3, Kafka,
-//! ClickHouse) and in-process HTTP test servers (REST API, Elasticsearch `_bulk`),
-//! and the command-line tools that check the chart and the docs.
+//! ClickHouse 18.16 and the current engine) and in-process HTTP test servers
+//! (REST API, Elasticsearch `_bulk`), and the command-line tools that check
+//! the chart and the docs.
 
+pub mod chdb;
 pub mod clickhouse;
 pub mod elasticsearch;
 pub mod front;

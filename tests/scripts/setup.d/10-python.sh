@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A Python venv with the test services from PyPI (moto_server: a real S3 endpoint).
+# A Python venv with the test services from PyPI (moto_server: a real S3
+# endpoint; chdb-core: the current ClickHouse engine).
 set -euo pipefail
 source tests/scripts/env.sh
 stamp="$SLUICE_VENV/.requirements"
