@@ -280,19 +280,19 @@ async fn forward(
 ) -> (axum::http::StatusCode, String) {
     let query = query.unwrap_or_default();
     let insert = query.starts_with("query=INSERT");
-    let (http, url) = {
+    let passage = {
         let mut state = gate.lock().expect("gate state lock");
-        if insert
-            && state
-                .inserts_allowed
-                .is_some_and(|n| state.inserts_passed >= n)
-        {
+        let allowed = state.inserts_allowed;
+        if insert && allowed.is_some_and(|n| state.inserts_passed >= n) {
             state.inserts_held += 1;
-            drop(state);
-            // Held until the writer gives up on the request (it is killed).
-            return std::future::pending().await;
+            None
+        } else {
+            Some((state.http.clone(), format!("{}/?{query}", state.backend)))
         }
-        (state.http.clone(), format!("{}/?{query}", state.backend))
+    };
+    let Some((http, url)) = passage else {
+        // Held until the writer gives up on the request (it is killed).
+        return std::future::pending().await;
     };
     let mut request = http.post(url).body(body);
     if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {

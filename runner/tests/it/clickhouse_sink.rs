@@ -242,9 +242,9 @@ async fn missing_tables_columns_and_bad_rows_fail_with_clear_messages(engine: En
     );
 }
 
+on_each_engine!(event_rows_fit_the_example_layout_and_replays_collapse);
 /// Event rows (`input: events`) into the raw-events layout of
 /// examples/eventhub-to-clickhouse.yaml; a replay collapses there too.
-on_each_engine!(event_rows_fit_the_example_layout_and_replays_collapse);
 async fn event_rows_fit_the_example_layout_and_replays_collapse(engine: Engine) {
     let server = ClickHouse::start_engine(engine).await;
     server
@@ -342,11 +342,11 @@ fn statements_in(message: &str) -> Vec<String> {
         .collect()
 }
 
+on_each_engine!(tables_that_would_keep_replays_twice_are_refused_with_statements_that_work);
 /// Tables on which a replay would leave rows twice are refused at `open`
 /// with the reason and the statements that create a table that works; the
 /// first statement (a ReplacingMergeTree keyed by the row identity) works on
 /// every engine, the second (tokens) on the current one.
-on_each_engine!(tables_that_would_keep_replays_twice_are_refused_with_statements_that_work);
 async fn tables_that_would_keep_replays_twice_are_refused_with_statements_that_work(
     engine: Engine,
 ) {
