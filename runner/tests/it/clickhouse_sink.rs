@@ -424,6 +424,11 @@ async fn tables_that_would_keep_replays_twice_are_refused_with_statements_that_w
     }
 }
 
+/// Event rows in a plain MergeTree that honours deduplication tokens
+/// (22.2 and later).
+const RAW_WITH_TOKENS: &str = "CREATE TABLE default.raw (stream String, partition Int32, offset Int64, event_time DateTime, event String) \
+    ENGINE = MergeTree ORDER BY (stream, partition, offset) SETTINGS non_replicated_deduplication_window = 100";
+
 /// The epoch's rows as partitions delivered them on a first attempt and on
 /// a replay: the same rows, partition chunks in another order.
 fn epoch_in_two_arrival_orders() -> (Vec<RecordBatch>, Vec<RecordBatch>) {
@@ -443,12 +448,7 @@ fn epoch_in_two_arrival_orders() -> (Vec<RecordBatch>, Vec<RecordBatch>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_epoch_cut_off_midway_and_replayed_in_another_order_lands_exactly_once() {
     let server = ClickHouse::start_engine(Engine::Current).await;
-    server
-        .query(
-            "CREATE TABLE default.raw (stream String, partition Int32, offset Int64, event_time DateTime, event String) \
-             ENGINE = MergeTree ORDER BY (stream, partition, offset) SETTINGS non_replicated_deduplication_window = 100",
-        )
-        .await;
+    server.query(RAW_WITH_TOKENS).await;
     let (first_attempt, replay) = epoch_in_two_arrival_orders();
     let schema = sluice_runner::pipeline::event_schema();
 
@@ -499,12 +499,7 @@ async fn a_runner_killed_in_the_middle_of_a_multi_block_epoch_restarts_to_exact_
         .collect();
     crate::kafka::send_all(&broker, "orders", &messages);
     let server = ClickHouse::start_engine(Engine::Current).await;
-    server
-        .query(
-            "CREATE TABLE default.raw (stream String, partition Int32, offset Int64, event_time DateTime, event String) \
-             ENGINE = MergeTree ORDER BY (stream, partition, offset) SETTINGS non_replicated_deduplication_window = 100",
-        )
-        .await;
+    server.query(RAW_WITH_TOKENS).await;
     let gate = InsertGate::start(&server, 5).await;
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("pipeline.yaml");
