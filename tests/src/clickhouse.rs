@@ -253,9 +253,9 @@ impl InsertGate {
         self.server.lock().inserts_passed
     }
 
-    /// Waits (a minute at most) until an INSERT is held, and panics if none is.
+    /// Waits (two minutes at most) until an INSERT is held, and panics if none is.
     pub async fn wait_until_holding(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         while self.server.lock().inserts_held == 0 {
             assert!(
                 Instant::now() < deadline,

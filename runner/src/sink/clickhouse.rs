@@ -215,11 +215,6 @@ impl ClickHouseSink {
         self.guarantee
     }
 
-    /// Whether inserts carry `insert_deduplication_token` (known after `open`).
-    pub fn uses_deduplication_tokens(&self) -> bool {
-        matches!(self.guarantee, Some(Guarantee::Tokens { .. }))
-    }
-
     fn failed(&self, message: impl Into<String>) -> SinkError {
         SinkError::Failed {
             sink: self.name.clone(),
