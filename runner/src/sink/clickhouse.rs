@@ -5,27 +5,33 @@
 //! which every ClickHouse version reads into `DateTime` without time-zone
 //! ambiguity (18.16 reads no RFC 3339 text).
 //!
-//! Replays: on servers that know `insert_deduplication_token` (22.2 and
-//! later; asked once with `SELECT version()`), each block carries
-//! `<EpochKey::token>-<block>`, so a replayed epoch's identical blocks are
-//! dropped by tables with deduplication (Replicated*, or MergeTree with
-//! `non_replicated_deduplication_window`). On every version, a
-//! `ReplacingMergeTree` ordered by the row identity (window bounds and group
-//! columns, or stream/partition/offset) makes replayed rows collapse into
-//! one; read it with `FINAL`. The README shows the layout.
+//! Replays: an epoch's rows are put in row-identity order before blocks are
+//! cut, so a replayed epoch cuts the same blocks as the first attempt, in
+//! whatever order its rows arrived. At `open` the sink reads the server
+//! version and the table's engine and settles on a [`Guarantee`] (see
+//! [`layout`]): deduplication tokens `<EpochKey::token>-<block>` where the
+//! table honours them, else a `ReplacingMergeTree` keyed by the row
+//! identity; any other table is refused with the statements that create a
+//! good one.
+
+mod layout;
 
 use std::sync::Arc;
 
 use arrow::{
     array::RecordBatch,
-    compute::cast,
+    compute::{SortColumn, cast, concat_batches, lexsort_to_indices, take_record_batch},
     datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
     error::ArrowError,
 };
 use async_trait::async_trait;
 use sluice_crds::ClickHouseSink as ClickHouseSpec;
 
-use super::{EpochKey, Sink, SinkError, WriteOutcome, rows_as_json};
+pub use self::layout::Guarantee;
+use self::layout::{
+    TableFacts, create_statements, decide, parse_version, setting_in, window_setting,
+};
+use super::{EpochKey, Sink, SinkError, WriteOutcome, identity_columns, rows_as_json};
 use crate::{
     http::{self, Auth, Failure, RetryPolicy},
     secrets::Secrets,
@@ -51,25 +57,32 @@ const TRANSIENT_CODES: [u32; 14] = [
     1002, // UNKNOWN_EXCEPTION
 ];
 
-/// First version with `insert_deduplication_token`.
-const DEDUPLICATION_TOKEN_SINCE: (u32, u32) = (22, 2);
-
 pub struct ClickHouseSink {
     name: String,
     client: reqwest::Client,
     url: String,
+    database: String,
+    table_name: String,
+    /// `database`.`table`, quoted.
     table: String,
     auth: Option<Auth>,
     batch_rows: usize,
     retry: RetryPolicy,
     meter: SinkMeter,
     /// Known after `open`.
-    deduplication_tokens: bool,
+    guarantee: Option<Guarantee>,
+    /// The columns that identify a row, known after `open`.
+    identity: Vec<usize>,
 }
 
 /// `name` as a ClickHouse identifier.
 fn quote_identifier(name: &str) -> String {
     format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+/// `text` as a ClickHouse string literal.
+fn quote_string(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// The `Code: N` of a ClickHouse error message.
@@ -101,10 +114,33 @@ fn classify(
     }
 }
 
-/// "major.minor…" → (major, minor).
-fn parse_version(text: &str) -> Option<(u32, u32)> {
-    let mut parts = text.trim().split('.');
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+/// The epoch's rows in one batch ordered by the `identity` columns, so that
+/// the blocks cut from it depend on the rows alone, not on the order in
+/// which the source's partitions delivered them.
+fn in_identity_order(
+    rows: &[RecordBatch],
+    identity: &[usize],
+) -> Result<Option<RecordBatch>, ArrowError> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let all = if rows.len() == 1 {
+        first.clone()
+    } else {
+        concat_batches(&first.schema(), rows)?
+    };
+    if all.num_rows() < 2 || identity.is_empty() {
+        return Ok(Some(all));
+    }
+    let keys: Vec<SortColumn> = identity
+        .iter()
+        .map(|&index| SortColumn {
+            values: all.column(index).clone(),
+            options: None,
+        })
+        .collect();
+    let order = lexsort_to_indices(&keys, None)?;
+    take_record_batch(&all, &order).map(Some)
 }
 
 /// The rows with timestamp columns as Unix seconds (Int64).
@@ -152,6 +188,8 @@ impl ClickHouseSink {
             name: name.to_owned(),
             client,
             url: spec.url.trim_end_matches('/').to_owned(),
+            database: spec.database.clone(),
+            table_name: spec.table.clone(),
             table: format!(
                 "{}.{}",
                 quote_identifier(&spec.database),
@@ -161,7 +199,8 @@ impl ClickHouseSink {
             batch_rows: usize::try_from(spec.batch_rows.max(1)).unwrap_or(1),
             retry: RetryPolicy::SINK,
             meter,
-            deduplication_tokens: false,
+            guarantee: None,
+            identity: Vec::new(),
         })
     }
 
@@ -171,9 +210,9 @@ impl ClickHouseSink {
         self
     }
 
-    /// Whether inserts carry `insert_deduplication_token` (known after `open`).
-    pub fn uses_deduplication_tokens(&self) -> bool {
-        self.deduplication_tokens
+    /// How the table leaves replayed epochs once (known after `open`).
+    pub fn guarantee(&self) -> Option<Guarantee> {
+        self.guarantee
     }
 
     fn failed(&self, message: impl Into<String>) -> SinkError {
@@ -203,42 +242,104 @@ impl ClickHouseSink {
     async fn query(&self, sql: &str) -> Result<String, SinkError> {
         self.post(&[], sql.as_bytes().to_vec()).await
     }
+
+    /// The table's row of `system.tables` (`None` when there is no such
+    /// table). Every column is asked for, since older servers lack some.
+    async fn table_row(&self) -> Result<Option<serde_json::Value>, SinkError> {
+        let answer = self
+            .query(&format!(
+                "SELECT * FROM system.tables WHERE database = {} AND name = {} FORMAT JSONEachRow",
+                quote_string(&self.database),
+                quote_string(&self.table_name)
+            ))
+            .await?;
+        answer
+            .lines()
+            .next()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| self.failed(format!("unreadable system.tables row: {e}")))
+    }
+
+    /// The server's default for MergeTree setting `name` (0 when it does
+    /// not know the setting).
+    async fn merge_tree_default(&self, name: &str) -> Result<u64, SinkError> {
+        let value = self
+            .query(&format!(
+                "SELECT value FROM system.merge_tree_settings WHERE name = {}",
+                quote_string(name)
+            ))
+            .await?;
+        Ok(value.trim().parse().unwrap_or(0))
+    }
+
+    /// What the server says about the table, from its `system.tables` row.
+    async fn table_facts(
+        &self,
+        version: &str,
+        row: &serde_json::Value,
+        columns: Vec<String>,
+    ) -> Result<TableFacts, SinkError> {
+        let text = |name: &str| {
+            row.get(name)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let engine = text("engine");
+        let engine_full = text("engine_full");
+        let setting = window_setting(&engine);
+        let deduplication_window = match setting_in(&engine_full, setting) {
+            Some(window) => window,
+            None => self.merge_tree_default(setting).await?,
+        };
+        Ok(TableFacts {
+            version: parse_version(version),
+            engine,
+            sorting_key: text("sorting_key"),
+            deduplication_window,
+            columns,
+        })
+    }
+
+    fn create_statements(&self, schema: &Schema) -> String {
+        create_statements(&self.table, schema, &self.identity, quote_identifier)
+    }
 }
 
 #[async_trait]
 impl Sink for ClickHouseSink {
-    /// Learns the server version and checks the table and its columns.
+    /// Learns the server version and the table's engine, checks its columns
+    /// and settles on how replays are made harmless (or refuses the table).
     async fn open(&mut self, schema: SchemaRef) -> Result<(), SinkError> {
+        self.identity = identity_columns(&schema).map_err(|error| SinkError::Arrow {
+            sink: self.name.clone(),
+            error,
+        })?;
         let version = self.query("SELECT version()").await?;
-        self.deduplication_tokens =
-            parse_version(&version).is_some_and(|v| v >= DEDUPLICATION_TOKEN_SINCE);
-        tracing::info!(sink = %self.name, version = version.trim(), deduplication_tokens = self.deduplication_tokens, "ClickHouse answers");
-        if self
-            .query(&format!("EXISTS TABLE {}", self.table))
-            .await?
-            .trim()
-            != "1"
-        {
+        let Some(row) = self.table_row().await? else {
             return Err(self.failed(format!(
-                "table {} does not exist; Sluice creates nothing, so create it first (see the README for a ReplacingMergeTree layout)",
-                self.table
+                "table {} does not exist; Sluice creates nothing, so create it first, as\n  {}",
+                self.table,
+                self.create_statements(&schema)
             )));
-        }
+        };
         let described = self
             .query(&format!(
                 "DESCRIBE TABLE {} FORMAT TabSeparated",
                 self.table
             ))
             .await?;
-        let columns: Vec<&str> = described
+        let columns: Vec<String> = described
             .lines()
             .filter_map(|line| line.split('\t').next())
+            .map(str::to_owned)
             .collect();
         let missing: Vec<&str> = schema
             .fields()
             .iter()
             .map(|f| f.name().as_str())
-            .filter(|name| !columns.contains(name))
+            .filter(|name| !columns.iter().any(|column| column == name))
             .collect();
         if !missing.is_empty() {
             return Err(self.failed(format!(
@@ -247,7 +348,24 @@ impl Sink for ClickHouseSink {
                 missing.join(", ")
             )));
         }
-        Ok(())
+        let facts = self.table_facts(&version, &row, columns).await?;
+        let identity: Vec<&str> = self
+            .identity
+            .iter()
+            .map(|&index| schema.field(index).name().as_str())
+            .collect();
+        match decide(&facts, &identity) {
+            Ok(guarantee) => {
+                tracing::info!(sink = %self.name, version = version.trim(), engine = %facts.engine, ?guarantee, "ClickHouse table recognises replayed epochs");
+                self.guarantee = Some(guarantee);
+                Ok(())
+            }
+            Err(reason) => Err(self.failed(format!(
+                "table {} would keep the rows of a replayed epoch twice: {reason}; create it as\n  {}",
+                self.table,
+                self.create_statements(&schema)
+            ))),
+        }
     }
 
     async fn write_epoch(
@@ -255,33 +373,39 @@ impl Sink for ClickHouseSink {
         key: &EpochKey,
         rows: &[RecordBatch],
     ) -> Result<WriteOutcome, SinkError> {
+        let arrow = |error| SinkError::Arrow {
+            sink: self.name.clone(),
+            error,
+        };
+        let Some(rows) = in_identity_order(rows, &self.identity).map_err(arrow)? else {
+            return Ok(WriteOutcome::all(0));
+        };
+        let rows = with_unix_seconds(&rows).map_err(arrow)?;
+        let blocks = rows.num_rows().div_ceil(self.batch_rows);
+        let tokens = match self.guarantee {
+            Some(Guarantee::Tokens { window }) => {
+                if blocks as u64 > window {
+                    tracing::warn!(sink = %self.name, blocks, window, "an epoch has more blocks than the table's deduplication window: a replay of it would write its first blocks twice; raise the window or batchRows");
+                }
+                true
+            }
+            _ => false,
+        };
         let insert = format!("INSERT INTO {} FORMAT JSONEachRow", self.table);
         let token = key.token();
-        let mut block = 0;
-        let mut written = 0;
-        for batch in rows {
-            let arrow = |error| SinkError::Arrow {
-                sink: self.name.clone(),
-                error,
-            };
-            let batch = with_unix_seconds(batch).map_err(arrow)?;
-            let mut offset = 0;
-            while offset < batch.num_rows() {
-                let len = self.batch_rows.min(batch.num_rows() - offset);
-                let body = rows_as_json(&[batch.slice(offset, len)]).map_err(arrow)?;
-                let block_token = format!("{token}-{block}");
-                let mut params = vec![("query", insert.as_str())];
-                if self.deduplication_tokens {
-                    params.push(("insert_deduplication_token", block_token.as_str()));
-                }
-                self.post(&params, body).await?;
-                self.meter.rows_written.inc_by(len as u64);
-                offset += len;
-                written += len;
-                block += 1;
+        for block in 0..blocks {
+            let offset = block * self.batch_rows;
+            let len = self.batch_rows.min(rows.num_rows() - offset);
+            let body = rows_as_json(&[rows.slice(offset, len)]).map_err(arrow)?;
+            let block_token = format!("{token}-{block}");
+            let mut params = vec![("query", insert.as_str())];
+            if tokens {
+                params.push(("insert_deduplication_token", block_token.as_str()));
             }
+            self.post(&params, body).await?;
+            self.meter.rows_written.inc_by(len as u64);
         }
-        Ok(WriteOutcome::all(written))
+        Ok(WriteOutcome::all(rows.num_rows()))
     }
 }
 
@@ -311,15 +435,44 @@ mod tests {
     }
 
     #[test]
-    fn versions_decide_deduplication_tokens() {
-        assert!(parse_version("18.16.1\n").is_some_and(|v| v < DEDUPLICATION_TOKEN_SINCE));
-        assert!(parse_version("22.2.2.1").is_some_and(|v| v >= DEDUPLICATION_TOKEN_SINCE));
-        assert!(parse_version("24.8.4.13").is_some_and(|v| v >= DEDUPLICATION_TOKEN_SINCE));
-        assert_eq!(parse_version("nonsense"), None);
+    fn identifiers_and_strings_are_quoted() {
+        assert_eq!(quote_identifier("order`s"), "`order\\`s`");
+        assert_eq!(quote_string("it's"), "'it\\'s'");
+    }
+
+    /// Event rows of (partition, offset) pairs, in the order given.
+    fn event_rows(pairs: &[(i32, i64)]) -> RecordBatch {
+        use arrow::array::{Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
+        let n = pairs.len();
+        RecordBatch::try_new(
+            crate::pipeline::event_schema(),
+            vec![
+                Arc::new(StringArray::from(vec!["orders"; n])),
+                Arc::new(Int32Array::from_iter_values(pairs.iter().map(|p| p.0))),
+                Arc::new(Int64Array::from_iter_values(pairs.iter().map(|p| p.1))),
+                Arc::new(TimestampMicrosecondArray::from(vec![0; n]).with_timezone("UTC")),
+                Arc::new(StringArray::from(vec!["{}"; n])),
+            ],
+        )
+        .unwrap()
     }
 
     #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_identifier("order`s"), "`order\\`s`");
+    fn rows_are_ordered_by_identity_whatever_order_partitions_delivered_them() {
+        let identity = identity_columns(&crate::pipeline::event_schema()).unwrap();
+        let arrived = [
+            event_rows(&[(1, 5), (1, 6)]),
+            event_rows(&[(0, 9), (0, 10)]),
+            event_rows(&[(1, 7)]),
+        ];
+        let replayed = [event_rows(&[(0, 9), (1, 5), (0, 10), (1, 6), (1, 7)])];
+        let first = in_identity_order(&arrived, &identity).unwrap().unwrap();
+        let second = in_identity_order(&replayed, &identity).unwrap().unwrap();
+        assert_eq!(first, second);
+        assert_eq!(
+            first,
+            event_rows(&[(0, 9), (0, 10), (1, 5), (1, 6), (1, 7)])
+        );
+        assert_eq!(in_identity_order(&[], &identity).unwrap(), None);
     }
 }

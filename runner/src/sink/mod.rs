@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use arrow::{
     array::{Array, RecordBatch},
-    datatypes::{DataType, SchemaRef},
+    datatypes::{DataType, Schema, SchemaRef},
     error::ArrowError,
 };
 use async_trait::async_trait;
@@ -213,6 +213,26 @@ pub fn rows_as_json(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
     Ok(writer.into_inner())
 }
 
+/// The indices of the columns that identify a row of `schema`:
+/// `stream/partition/offset` for event rows, the timestamp and string
+/// columns (window bounds and group values) for window rows.
+pub fn identity_columns(schema: &Schema) -> Result<Vec<usize>, ArrowError> {
+    if schema.index_of("event").is_ok() {
+        return EVENT_COLUMNS[..3]
+            .iter()
+            .map(|name| schema.index_of(name))
+            .collect::<Result<_, _>>()
+            .map_err(|_| ArrowError::SchemaError("event rows lack id columns".into()));
+    }
+    Ok(schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, field)| matches!(field.data_type(), DataType::Utf8 | DataType::Timestamp(..)))
+        .map(|(index, _)| index)
+        .collect())
+}
+
 /// A stable identity per row (`window_start/window_end/group values` for
 /// window rows, `stream/partition/offset` for event rows), usable as an
 /// Elasticsearch document id; values are percent-style escaped so the parts
@@ -220,24 +240,10 @@ pub fn rows_as_json(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
 pub fn row_ids(batch: &RecordBatch) -> Result<Vec<String>, ArrowError> {
     use arrow::util::display::{ArrayFormatter, FormatOptions};
 
-    let schema = batch.schema();
-    let columns: Vec<Arc<dyn Array>> = if schema.index_of("event").is_ok() {
-        EVENT_COLUMNS[..3]
-            .iter()
-            .map(|name| batch.column_by_name(name).cloned())
-            .collect::<Option<_>>()
-            .ok_or_else(|| ArrowError::SchemaError("event rows lack id columns".into()))?
-    } else {
-        schema
-            .fields()
-            .iter()
-            .zip(batch.columns())
-            .filter(|(field, _)| {
-                matches!(field.data_type(), DataType::Utf8 | DataType::Timestamp(..))
-            })
-            .map(|(_, column)| column.clone())
-            .collect()
-    };
+    let columns: Vec<Arc<dyn Array>> = identity_columns(&batch.schema())?
+        .into_iter()
+        .map(|index| batch.column(index).clone())
+        .collect();
     let options = FormatOptions::default().with_null("\u{0}");
     let formatters = columns
         .iter()

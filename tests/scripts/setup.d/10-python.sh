@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A Python venv with the test services from PyPI (moto_server: a real S3
-# endpoint; osmem-server: an OpenSearch-compatible server, whose bundled
-# binary is linked into $SLUICE_CACHE/bin).
+# endpoint; chdb-core: the current ClickHouse engine; osmem-server: an
+# OpenSearch-compatible server, whose bundled binary is linked into
+# $SLUICE_CACHE/bin).
 set -euo pipefail
 source tests/scripts/env.sh
 stamp="$SLUICE_VENV/.requirements"
