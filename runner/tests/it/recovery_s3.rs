@@ -2,8 +2,6 @@
 //! output and the Delta table on S3, served by a real S3 endpoint
 //! (`moto_server`, started by the test harness).
 
-use std::collections::HashMap;
-
 use crate::common::*;
 use sluice_runner::sink::delta::read_table_with_options;
 use sluice_tests::moto::MotoS3;
@@ -43,8 +41,10 @@ async fn killed_runs_on_s3_resume_to_exactly_the_expected_rows() {
     let Expected {
         windows: expected, ..
     } = expected_windows(&lines);
-    let options: HashMap<String, String> =
-        env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    let actual = table_windows(&read_table_with_options(&table, options).await.unwrap());
+    let actual = table_windows(
+        &read_table_with_options(&table, s3.storage_options())
+            .await
+            .unwrap(),
+    );
     assert_eq!(actual, expected);
 }
