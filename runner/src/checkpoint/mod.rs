@@ -578,7 +578,10 @@ mod tests {
             self.0.delete_stream(locations)
         }
 
-        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
             self.0.list(prefix)
         }
 
@@ -621,35 +624,34 @@ mod tests {
         }
     }
 
+    /// The checkpoints of `replica` in `store`.
+    fn lane_in(store: impl ObjectStore, replica: u32) -> ObjectStoreCheckpoints {
+        ObjectStoreCheckpoints::new(Arc::new(store), "s3://checkpoints", Lane::replica(replica))
+    }
+
     #[tokio::test]
     async fn a_put_sent_again_after_its_answer_was_lost_finds_itself_and_succeeds() {
-        let store = ObjectStoreCheckpoints::new(
-            Arc::new(AnswerLost::default()),
-            "s3://checkpoints",
-            Lane::replica(0),
-        );
+        let store = lane_in(AnswerLost::default(), 0);
         store.put_plan(&plan(0, 1)).await.unwrap();
         store.put_checkpoint(&checkpoint(0)).await.unwrap();
         assert_eq!(store.plans_after(None).await.unwrap(), vec![plan(0, 1)]);
-        assert_eq!(store.latest_checkpoint().await.unwrap(), Some(checkpoint(0)));
+        assert_eq!(
+            store.latest_checkpoint().await.unwrap(),
+            Some(checkpoint(0))
+        );
     }
 
     #[tokio::test]
     async fn another_object_for_the_same_epoch_is_a_conflict_never_transient() {
-        let store = ObjectStoreCheckpoints::new(
-            Arc::new(InMemory::new()),
-            "s3://checkpoints",
-            Lane::replica(3),
-        );
+        let store = lane_in(InMemory::new(), 3);
         store.put_plan(&plan(7, 1)).await.unwrap();
         let error = store.put_plan(&plan(7, 2)).await.unwrap_err();
-        assert!(
-            matches!(error, CheckpointError::Conflict { .. }),
-            "{error}"
-        );
+        assert!(matches!(error, CheckpointError::Conflict { .. }), "{error}");
         assert!(!error.is_transient());
         assert!(
-            error.to_string().contains("another runner working as replica 3"),
+            error
+                .to_string()
+                .contains("another runner working as replica 3"),
             "{error}"
         );
     }

@@ -8,8 +8,8 @@ use sluice_crds::{ReadLimits, SinkInput, StartingOffsets, StreamPipelineSpec};
 use tokio::sync::watch;
 
 use super::{
-    Pipeline, PipelineError, Role, RunSummary, RunnerIdentity, handover, retrying,
-    sinks_from_spec, source_context,
+    Pipeline, PipelineError, Role, RunSummary, RunnerIdentity, handover, retrying, sinks_from_spec,
+    source_context,
 };
 use crate::{
     checkpoint::Stage,

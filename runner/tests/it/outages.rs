@@ -6,13 +6,13 @@
 //! never exit, say it is not ready (and why) during each outage, and end
 //! with exactly the rows of the batch computation.
 
-use std::{process::Child, sync::mpsc};
+use std::{process::Child, sync::mpsc, time::Duration};
 
 use crate::{
     common::*,
     kafka::{Topic, manifest_at, stop_gracefully, wait_for_table_with, wait_until_readyz},
+    recovery_s3::S3ReferenceRun,
 };
-use sluice_runner::sink::delta::read_table_with_options;
 use sluice_tests::{kafka::KafkaBroker, moto::MotoS3};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,52 +39,34 @@ async fn broker_and_object_store_outages_in_one_process_lose_and_duplicate_nothi
 
     let (mut runner, logs) = spawn_runner(&manifest, &s3.env());
     let address = runner_address(&logs);
-    assert!(
-        wait_for_log(&logs, "epoch committed", 0),
-        "no first epoch"
-    );
+    assert!(wait_for_log(&logs, "epoch committed", 0), "no first epoch");
 
     // The broker goes away while the runner works through the first phase.
-    broker.cut_off();
-    let error = wait_until_interrupted(&address, &mut runner).await;
-    assert!(error.contains("kafka"), "the error names the broker: {error}");
-    broker.restore().unwrap();
-    wait_until_readyz(&format!("{address}/readyz"), &mut runner, true).await;
+    let error = outage(&mut runner, &address, |up| broker_up(&mut broker, up)).await;
+    assert!(
+        error.contains("kafka"),
+        "the error names the broker: {error}"
+    );
 
     // The object store goes away in the middle of an epoch: its plan is
     // written, its Delta commit or checkpoint is not, so the recovery
     // replays it (and checkpoints the replay).
     topic.produce_up_to(&broker, phases[1], phases[2]);
-    drain(&logs);
-    assert!(
-        wait_for_log(&logs, "epoch planned", 0),
-        "no epoch after the broker came back"
-    );
-    s3.cut_off();
-    let error = wait_until_interrupted(&address, &mut runner).await;
+    wait_for_new_log(&logs, "epoch planned");
+    let error = outage(&mut runner, &address, |up| s3_up(&s3, up)).await;
     assert!(
         error.contains(s3.endpoint().trim_start_matches("http://")),
         "the error names the object store: {error}"
     );
-    s3.restore().unwrap();
-    wait_until_readyz(&format!("{address}/readyz"), &mut runner, true).await;
 
     // The broker again: a later recovery in the same process restores the
     // replay's checkpoint without writing it a second time.
     topic.produce_up_to(&broker, phases[2], phases[3]);
-    drain(&logs);
-    assert!(
-        wait_for_log(&logs, "epoch committed", 0),
-        "no epoch after the object store came back"
-    );
-    broker.cut_off();
-    wait_until_interrupted(&address, &mut runner).await;
-    broker.restore().unwrap();
-    wait_until_readyz(&format!("{address}/readyz"), &mut runner, true).await;
+    wait_for_new_log(&logs, "epoch committed");
+    outage(&mut runner, &address, |up| broker_up(&mut broker, up)).await;
 
     topic.produce_up_to(&broker, phases[3], phases[4]);
-    let actual =
-        wait_for_table_with(&table, &s3.storage_options(), &expected, &mut runner).await;
+    let actual = wait_for_table_with(&table, &s3.storage_options(), &expected, &mut runner).await;
     assert_eq!(
         actual, expected,
         "Delta rows differ from the batch computation"
@@ -95,20 +77,9 @@ async fn broker_and_object_store_outages_in_one_process_lose_and_duplicate_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_started_while_the_object_store_is_down_waits_for_it() {
     let s3 = MotoS3::start("sluice").await;
-    let dir = tempfile::tempdir().unwrap();
-    let lines = data_set(20_000, 43);
-    let data = dir.path().join("events.jsonl");
-    write_jsonl(&lines, &data);
-    let table = s3.uri("lake/late-store");
-    let manifest = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &manifest,
-        reference_manifest(&data, &table, &s3.uri("checkpoints/late-store"), "0s"),
-    )
-    .unwrap();
-
+    let run = S3ReferenceRun::prepare(&s3, "late-store", 20_000, 43, "0s");
     s3.cut_off();
-    let (mut runner, logs) = spawn_runner(&manifest, &s3.env());
+    let (mut runner, logs) = spawn_runner(&run.manifest, &s3.env());
     let address = runner_address(&logs);
     let error = wait_until_interrupted(&address, &mut runner).await;
     assert!(
@@ -117,32 +88,63 @@ async fn a_runner_started_while_the_object_store_is_down_waits_for_it() {
     );
     s3.restore().unwrap();
     wait_success(runner, logs);
+    run.assert_exact_rows(&s3).await;
+}
 
-    let Expected {
-        windows: expected, ..
-    } = expected_windows(&lines);
-    let batches = read_table_with_options(&table, s3.storage_options())
-        .await
-        .unwrap();
-    assert_eq!(table_windows(&batches), expected);
+fn broker_up(broker: &mut KafkaBroker, up: bool) {
+    if up {
+        broker.restore().unwrap();
+    } else {
+        broker.cut_off();
+    }
+}
+
+fn s3_up(s3: &MotoS3, up: bool) {
+    if up {
+        s3.restore().unwrap();
+    } else {
+        s3.cut_off();
+    }
+}
+
+/// One outage of a service (`set_up(false)` cuts it off, `set_up(true)`
+/// restores it): waits until the runner says it is interrupted, ends the
+/// outage and waits until the runner is ready again. Returns the error the
+/// runner reported.
+async fn outage(runner: &mut Child, address: &str, mut set_up: impl FnMut(bool)) -> String {
+    set_up(false);
+    let error = wait_until_interrupted(address, runner).await;
+    set_up(true);
+    wait_until_readyz(&format!("{address}/readyz"), runner, true).await;
+    error
+}
+
+/// Forgets the log lines so far, then waits for a new one with `message`.
+fn wait_for_new_log(logs: &mpsc::Receiver<String>, message: &str) {
+    logs.try_iter().for_each(drop);
+    assert!(wait_for_log(logs, message, 0), "no {message:?} log");
 }
 
 /// Polls the runner's `/status` until it reports that it is not ready and
-/// why; returns the reason.
+/// why; returns the reason. A broker cut off may go unnoticed for a minute
+/// or two while the consumer's prefetched records last, an object store
+/// while its client retries (up to about a minute on a busy machine).
 async fn wait_until_interrupted(address: &str, runner: &mut Child) -> String {
     let url = format!("{address}/status");
-    poll_runner(runner, &url, "an interruption", async |response| {
-        let status = response.json::<serde_json::Value>().await.ok()?;
-        if status["ready"] == false {
-            status["error"].as_str().map(str::to_lowercase)
-        } else {
-            None
-        }
-    })
+    let patience = Duration::from_secs(300);
+    poll_runner_for(
+        patience,
+        runner,
+        &url,
+        "an interruption",
+        async |response| {
+            let status = response.json::<serde_json::Value>().await.ok()?;
+            if status["ready"] == false {
+                status["error"].as_str().map(str::to_lowercase)
+            } else {
+                None
+            }
+        },
+    )
     .await
-}
-
-/// Forgets the log lines so far, so that the next wait sees only new ones.
-fn drain(logs: &mpsc::Receiver<String>) {
-    logs.try_iter().for_each(drop);
 }
