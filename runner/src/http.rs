@@ -200,8 +200,9 @@ impl RetryPolicy {
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or the policy's
-/// retries run out; waits `Retry-After` when the server names one, else the
-/// next backoff delay. `on_retry` sees each transient failure (for logs and metrics).
+/// retries run out (then with a transient failure that counts them); waits
+/// `Retry-After` when the server names one, else the next backoff delay.
+/// `on_retry` sees each transient failure (for logs and metrics).
 pub async fn retry<T, F, Fut>(
     policy: &RetryPolicy,
     mut attempt: F,
@@ -218,13 +219,15 @@ where
             Err(failure @ Failure::Permanent { .. }) => return Err(failure),
             Err(failure) => failure,
         };
+        // Still transient: the caller may back off longer and try again.
         let Some(delay) = delays.next() else {
-            return Err(Failure::Permanent {
+            return Err(Failure::Transient {
                 message: format!(
                     "gave up after {} attempts; last failure: {}",
                     policy.attempts.unwrap_or_default() + 1,
                     failure.message()
                 ),
+                after: None,
             });
         };
         let delay = match &failure {

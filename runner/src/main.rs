@@ -151,7 +151,7 @@ async fn run(args: RunArgs, manifest: StreamPipeline, interactive: bool) -> anyh
         repartition_topic: format!("sluice-{namespace}-{name}-keygroups"),
         generation: 0,
     };
-    let job = Job::from_spec(spec, identity, telemetry.clone()).await?;
+    let job = Job::start(spec, identity, telemetry.clone(), &mut stop.clone()).await?;
     let progress = interactive.then(|| tokio::spawn(show_progress(telemetry.clone())));
     let result = job.run(stop).await;
     if let Some(progress) = progress {

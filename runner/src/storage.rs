@@ -59,3 +59,24 @@ pub fn store_for(uri: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
     let local = LocalFileSystem::new_with_prefix(path).map_err(object_store_error)?;
     Ok(Arc::new(local))
 }
+
+/// Whether an object-store failure may pass by itself, so that the runner
+/// reports it, backs off and resumes instead of exiting: the store did not
+/// answer (refused or dropped connections, timeouts, after the client's own
+/// retries), answered with a server error, or refused credentials or a
+/// bucket that may yet be fixed without restarting the runner. Not an answer
+/// about the objects themselves (one already exists, a precondition failed)
+/// or a request the store can never serve.
+pub fn is_transient(error: &object_store::Error) -> bool {
+    !matches!(
+        error,
+        object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::NotModified { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::UnknownConfigurationKey { .. }
+            | object_store::Error::JoinError { .. }
+    )
+}

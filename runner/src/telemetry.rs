@@ -1,13 +1,18 @@
 //! Prometheus metrics (prefix `sluice_`) and the `/status` document, shared
 //! between the pipeline loop, the HTTP server and the terminal progress line.
 
-use std::sync::{Mutex, PoisonError};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, exponential_buckets,
 };
 use sluice_crds::RunnerStatus;
+
+use crate::checkpoint::Stage;
 
 pub struct Telemetry {
     pub registry: Registry,
@@ -30,6 +35,8 @@ pub struct Telemetry {
     /// Requests of sources that poll over HTTP (the REST source).
     pub source_requests: RequestMeter,
     status: Mutex<RunnerStatus>,
+    /// The stages interrupted by a transient failure, with it.
+    interrupted: Mutex<HashMap<Stage, String>>,
 }
 
 /// Why metrics could not be registered (a programming error, reported at start).
@@ -145,6 +152,7 @@ impl Telemetry {
                 replicas,
                 ..RunnerStatus::default()
             }),
+            interrupted: Mutex::default(),
         })
     }
 
@@ -159,6 +167,34 @@ impl Telemetry {
     /// Changes the status in place.
     pub fn update_status(&self, change: impl FnOnce(&mut RunnerStatus)) {
         change(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// A stage (the whole pipeline, or one of a replica's two) stopped on
+    /// `error` and will resume: the runner is not ready and says why.
+    pub fn stage_interrupted(&self, stage: Stage, error: String) {
+        let mut interrupted = self
+            .interrupted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        interrupted.insert(stage, error.clone());
+        self.update_status(|s| {
+            s.ready = false;
+            s.error = Some(error);
+        });
+    }
+
+    /// A stage runs again; the runner is ready once no stage is interrupted.
+    pub fn stage_running(&self, stage: Stage) {
+        let mut interrupted = self
+            .interrupted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        interrupted.remove(&stage);
+        let still = interrupted.values().next().cloned();
+        self.update_status(|s| {
+            s.ready = still.is_none();
+            s.error = still;
+        });
     }
 
     /// The metrics in the Prometheus text format.

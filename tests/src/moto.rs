@@ -1,12 +1,19 @@
 //! A real S3 endpoint: `moto_server` from the test venv
 //! (`tests/scripts/setup.d/10-python.sh`), started on a free port of
-//! 127.0.0.1 with one bucket, and killed when dropped.
+//! 127.0.0.1 with one bucket, and killed when dropped. Clients reach it
+//! through a [`Front`], so that a test can cut it off ([`MotoS3::cut_off`])
+//! and restore it: moto keeps its objects in memory only, so an outage must
+//! never restart it.
 
 use std::{
+    collections::HashMap,
+    io,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use crate::front::Front;
 
 const START_DEADLINE: Duration = Duration::from_secs(60);
 /// A port picked as free may be taken by someone else before the server binds it.
@@ -19,6 +26,8 @@ const REGION: &str = "us-east-1";
 /// One running moto S3 server with one bucket.
 pub struct MotoS3 {
     child: Child,
+    /// What clients connect to; it forwards to moto's own port.
+    front: Front,
     endpoint: String,
     bucket: String,
 }
@@ -46,9 +55,11 @@ impl MotoS3 {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot run moto_server (run tests/scripts/setup.sh): {e}"))?;
+        let front = Front::plain(port).map_err(|e| format!("cannot start moto's front: {e}"))?;
         let mut server = Self {
             child,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("http://127.0.0.1:{}", front.port()),
+            front,
             bucket: bucket.to_owned(),
         };
         let http = reqwest::Client::new();
@@ -77,7 +88,19 @@ impl MotoS3 {
         }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// An object-store outage as clients see it: open connections are
+    /// closed and new ones refused until [`MotoS3::restore`], while moto
+    /// keeps every object.
+    pub fn cut_off(&self) {
+        self.front.cut_off();
+    }
+
+    /// Ends an outage begun by [`MotoS3::cut_off`].
+    pub fn restore(&self) -> io::Result<()> {
+        self.front.restore()
+    }
+
+    /// `http://127.0.0.1:<port>` (of the front).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -102,6 +125,16 @@ impl MotoS3 {
             ("AWS_REGION", REGION.into()),
             ("AWS_DEFAULT_REGION", REGION.into()),
         ]
+    }
+}
+
+impl MotoS3 {
+    /// [`MotoS3::env`] as storage options (for reading a Delta table).
+    pub fn storage_options(&self) -> HashMap<String, String> {
+        self.env()
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect()
     }
 }
 

@@ -8,7 +8,9 @@
 //! or `keygroups-replica-<r>` (its key-group stage), epochs zero-padded to 20
 //! digits so that names sort by epoch. Every object is written once
 //! (`PutMode::Create`): a second runner that believes it owns the same replica
-//! fails on its first plan instead of corrupting the lineage.
+//! fails on its first plan instead of corrupting the lineage. Finding an
+//! object with exactly the bytes being written is not a conflict: it is the
+//! same put, sent again by the store client after its answer was lost.
 
 use std::sync::Arc;
 
@@ -194,19 +196,30 @@ pub enum CheckpointError {
     Storage(#[from] crate::storage::StorageError),
 }
 
+impl CheckpointError {
+    /// The store being unreachable or failing for now (see
+    /// [`crate::storage::is_transient`]); never a conflict with another
+    /// runner or an unreadable checkpoint.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Store { error, .. } if crate::storage::is_transient(error))
+    }
+}
+
 /// Durable epoch plans and checkpoints of one replica.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
     /// Where the checkpoints live, for status and logs.
     fn uri(&self) -> String;
 
-    /// Writes an epoch's plan; fails if one exists for that epoch.
+    /// Writes an epoch's plan; fails with [`CheckpointError::Conflict`] if
+    /// another one exists for that epoch.
     async fn put_plan(&self, plan: &EpochPlan) -> Result<(), CheckpointError>;
 
     /// Plans of epochs after `epoch` (all plans for `None`), in epoch order.
     async fn plans_after(&self, epoch: Option<u64>) -> Result<Vec<EpochPlan>, CheckpointError>;
 
-    /// Writes a checkpoint; fails if one exists for that epoch.
+    /// Writes a checkpoint; fails with [`CheckpointError::Conflict`] if
+    /// another one exists for that epoch.
     async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
 
     /// The newest checkpoint, if any.
@@ -273,8 +286,19 @@ impl ObjectStoreCheckpoints {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        match self.store.put_opts(&object, bytes.into(), options).await {
+        match self
+            .store
+            .put_opts(&object, bytes.clone().into(), options)
+            .await
+        {
             Ok(_) => Ok(()),
+            // A put whose answer was lost (a dropped connection) and that was
+            // sent again finds its own object: exactly these bytes.
+            Err(object_store::Error::AlreadyExists { .. })
+                if self.stored_bytes(&object).await? == bytes =>
+            {
+                Ok(())
+            }
             Err(object_store::Error::AlreadyExists { .. }) => Err(CheckpointError::Conflict {
                 uri: self.uri.clone(),
                 object: object.to_string(),
@@ -282,6 +306,16 @@ impl ObjectStoreCheckpoints {
             }),
             Err(error) => Err(self.store_error(error)),
         }
+    }
+
+    async fn stored_bytes(&self, object: &Path) -> Result<bytes::Bytes, CheckpointError> {
+        self.store
+            .get(object)
+            .await
+            .map_err(|e| self.store_error(e))?
+            .bytes()
+            .await
+            .map_err(|e| self.store_error(e))
     }
 
     /// Epoch numbers present in a folder, ascending.
@@ -313,14 +347,7 @@ impl ObjectStoreCheckpoints {
         epoch: u64,
     ) -> Result<T, CheckpointError> {
         let object = self.object(kind, epoch);
-        let bytes = self
-            .store
-            .get(&object)
-            .await
-            .map_err(|e| self.store_error(e))?
-            .bytes()
-            .await
-            .map_err(|e| self.store_error(e))?;
+        let bytes = self.stored_bytes(&object).await?;
         serde_json::from_slice(&bytes).map_err(|error| CheckpointError::Corrupt {
             uri: self.uri.clone(),
             object: object.to_string(),
@@ -493,7 +520,153 @@ impl CheckpointStore for ObjectStoreCheckpoints {
 
 #[cfg(test)]
 mod tests {
+    use futures::stream::BoxStream;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+        PutMultipartOptions, PutPayload, PutResult, memory::InMemory,
+    };
+
     use super::*;
+
+    /// A store whose client sends every put twice, as an S3 client does
+    /// when the answer to the first is lost with its connection: the first
+    /// lands, the second answers.
+    #[derive(Debug, Default)]
+    struct AnswerLost(InMemory);
+
+    impl std::fmt::Display for AnswerLost {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "AnswerLost({})", self.0)
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for AnswerLost {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            let _lost = self
+                .0
+                .put_opts(location, payload.clone(), opts.clone())
+                .await;
+            self.0.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.0.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.0.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.0.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    fn plan(epoch: u64, planned_at: i64) -> EpochPlan {
+        EpochPlan {
+            epoch,
+            ranges: Vec::new(),
+            idle: Vec::new(),
+            planned_at: Some(planned_at),
+        }
+    }
+
+    fn checkpoint(epoch: u64) -> Checkpoint {
+        Checkpoint {
+            epoch,
+            positions: Positions::new(),
+            state: WindowState::default(),
+            dedup: Vec::new(),
+            key_groups: Vec::new(),
+            replicas: Some(1),
+            generation: 0,
+            written_at: "2026-12-01T10:00:00Z".into(),
+        }
+    }
+
+    /// The checkpoints of `replica` in `store`.
+    fn lane_in(store: impl ObjectStore, replica: u32) -> ObjectStoreCheckpoints {
+        ObjectStoreCheckpoints::new(Arc::new(store), "s3://checkpoints", Lane::replica(replica))
+    }
+
+    #[tokio::test]
+    async fn a_put_sent_again_after_its_answer_was_lost_finds_itself_and_succeeds() {
+        let store = lane_in(AnswerLost::default(), 0);
+        store.put_plan(&plan(0, 1)).await.unwrap();
+        store.put_checkpoint(&checkpoint(0)).await.unwrap();
+        assert_eq!(store.plans_after(None).await.unwrap(), vec![plan(0, 1)]);
+        assert_eq!(
+            store.latest_checkpoint().await.unwrap(),
+            Some(checkpoint(0))
+        );
+    }
+
+    #[tokio::test]
+    async fn another_object_for_the_same_epoch_is_a_conflict_never_transient() {
+        let store = lane_in(InMemory::new(), 3);
+        store.put_plan(&plan(7, 1)).await.unwrap();
+        let error = store.put_plan(&plan(7, 2)).await.unwrap_err();
+        assert!(matches!(error, CheckpointError::Conflict { .. }), "{error}");
+        assert!(!error.is_transient());
+        assert!(
+            error
+                .to_string()
+                .contains("another runner working as replica 3"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_store_is_transient() {
+        let unreachable = CheckpointError::Store {
+            uri: "s3://checkpoints".into(),
+            error: object_store::Error::Generic {
+                store: "S3",
+                source: "error sending request: connection refused".into(),
+            },
+        };
+        assert!(unreachable.is_transient());
+    }
 
     #[test]
     fn writer_ids_name_lineage_generation_and_stage_and_keep_the_first_ones_bare() {

@@ -89,6 +89,18 @@ pub enum DeadLetterError {
     NotBuilt(&'static str),
 }
 
+impl DeadLetterError {
+    /// Brokers or an object store that may come back: the runner backs off
+    /// and replays the epoch, whose dead events are written once.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Kafka(_) => true,
+            Self::Store { error, .. } => crate::storage::is_transient(error),
+            Self::Storage(_) | Self::NoKafkaBrokers { .. } | Self::NotBuilt(_) => false,
+        }
+    }
+}
+
 /// Where dead-lettered events go.
 #[async_trait]
 pub trait DeadLetter: Send {

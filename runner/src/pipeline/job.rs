@@ -8,10 +8,11 @@ use sluice_crds::{ReadLimits, SinkInput, StartingOffsets, StreamPipelineSpec};
 use tokio::sync::watch;
 
 use super::{
-    Pipeline, PipelineError, Role, RunSummary, RunnerIdentity, handover, sinks_from_spec,
+    Pipeline, PipelineError, Role, RunSummary, RunnerIdentity, handover, retrying, sinks_from_spec,
     source_context,
 };
 use crate::{
+    checkpoint::Stage,
     kafka::KafkaConnection,
     secrets::Secrets,
     shuffle::RepartitionTopic,
@@ -98,6 +99,22 @@ impl Job {
         Ok(Self {
             stages: vec![source_stage, key_group_stage],
         })
+    }
+
+    /// [`Job::from_spec`], tried again after transient failures (the
+    /// checkpoint store or the brokers it reads at start unreachable), the
+    /// runner not ready meanwhile and saying why.
+    pub async fn start(
+        spec: &StreamPipelineSpec,
+        identity: RunnerIdentity,
+        telemetry: Arc<Telemetry>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Self, PipelineError> {
+        let reporter = telemetry.clone();
+        retrying(&reporter, Stage::Source, stop, async |_| {
+            Self::from_spec(spec, identity.clone(), telemetry.clone()).await
+        })
+        .await
     }
 
     /// Schema of window rows, when the pipeline has windows.

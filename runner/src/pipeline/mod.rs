@@ -132,14 +132,27 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
-    /// Failures of services that come back by themselves (a broker restarting,
-    /// a network partition): the pipeline pauses and resumes instead of exiting.
+    /// Failures of services that come back by themselves (a broker
+    /// restarting, an object store or a sink's destination unreachable, a
+    /// network partition): the pipeline reports them, pauses and resumes
+    /// from its checkpoint instead of exiting, however often they happen.
+    /// Never a conflict with another runner, a corrupt checkpoint or a spec
+    /// that cannot work.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Source(SourceError::Unavailable { .. })
-                | Self::DeadLetter(DeadLetterError::Kafka { .. })
-        ) || matches!(self, Self::Repartition(error) if error.is_transient())
+        match self {
+            Self::Source(error) => matches!(error, SourceError::Unavailable { .. }),
+            Self::Sink(error) => error.is_transient(),
+            Self::DeadLetter(error) => error.is_transient(),
+            Self::Checkpoint(error) => error.is_transient(),
+            Self::Repartition(error) => error.is_transient(),
+            Self::Engine(_)
+            | Self::Rescaled { .. }
+            | Self::WindowsBeforeKeyGroups { .. }
+            | Self::UnfinishedLane { .. }
+            | Self::Unmergeable { .. }
+            | Self::Storage(_)
+            | Self::PlanGap { .. } => false,
+        }
     }
 }
 
@@ -156,6 +169,39 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+/// Runs `attempt` until it succeeds or fails for good. After a transient
+/// failure (a service that comes back, such as a restarting broker) it
+/// reports `stage` interrupted, backs off and tries again, for as long as it
+/// takes; once `stop` has turned true, a failure ends it.
+async fn retrying<T>(
+    telemetry: &Telemetry,
+    stage: Stage,
+    stop: &mut watch::Receiver<bool>,
+    mut attempt: impl AsyncFnMut(&mut watch::Receiver<bool>) -> Result<T, PipelineError>,
+) -> Result<T, PipelineError> {
+    let mut delays = retry_delays();
+    let mut last_failure = Instant::now();
+    loop {
+        match attempt(stop).await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_transient() && !*stop.borrow() => {
+                if last_failure.elapsed() > RETRY_BACKOFF_MAX * 4 {
+                    delays = retry_delays();
+                }
+                last_failure = Instant::now();
+                let delay = delays.next().unwrap_or(RETRY_BACKOFF_MAX);
+                tracing::warn!(%error, retry_in_seconds = delay.as_secs_f64(), "pipeline interrupted; resuming from the last checkpoint");
+                telemetry.stage_interrupted(stage, error.to_string());
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Identity of this runner within its pipeline.
@@ -178,7 +224,8 @@ pub struct RunnerIdentity {
 pub struct RunSummary {
     /// Last epoch processed (replayed or new).
     pub last_epoch: Option<u64>,
-    /// Epochs replayed from the write-ahead log at start.
+    /// Epochs replayed from the write-ahead log, at start and after
+    /// transient failures.
     pub replayed_epochs: u64,
     pub counts: EpochCounts,
     /// Watermark at the end (milliseconds since the Unix epoch).
@@ -203,6 +250,8 @@ pub struct Pipeline {
     retain_epochs: usize,
     /// The background deletion of old checkpoints, if one is running.
     pruning: Option<tokio::task::JoinHandle<()>>,
+    /// Every sink has been opened.
+    sinks_open: bool,
     idle_timeout: Duration,
     positions: Positions,
     last_epoch: Option<u64>,
@@ -274,6 +323,7 @@ impl Pipeline {
                 .unwrap_or(1)
                 .max(1),
             pruning: None,
+            sinks_open: false,
             idle_timeout: spec
                 .window
                 .as_ref()
@@ -301,39 +351,18 @@ impl Pipeline {
 
     /// Runs until the source is exhausted or `stop` turns true; then
     /// checkpoints and returns. Recovers first: restores the newest
-    /// checkpoint and replays the epochs planned after it.
+    /// checkpoint and replays the epochs planned after it; and again after
+    /// every transient failure, for as long as the process runs.
     pub async fn run(
         mut self,
         mut stop: watch::Receiver<bool>,
     ) -> Result<RunSummary, PipelineError> {
-        self.open_sinks().await?;
-        let mut delays = retry_delays();
-        let mut last_failure = Instant::now();
-        loop {
-            match self.run_epochs(&mut stop).await {
-                Ok(()) => break,
-                Err(error) if error.is_transient() && !*stop.borrow() => {
-                    // A service that comes back (a restarting broker): report
-                    // it, back off, then resume from the checkpoint exactly as
-                    // after a crash, without exiting.
-                    if last_failure.elapsed() > RETRY_BACKOFF_MAX * 4 {
-                        delays = retry_delays();
-                    }
-                    last_failure = Instant::now();
-                    let delay = delays.next().unwrap_or(RETRY_BACKOFF_MAX);
-                    tracing::warn!(%error, retry_in_seconds = delay.as_secs_f64(), "pipeline interrupted; resuming from the last checkpoint");
-                    self.telemetry.update_status(|s| {
-                        s.ready = false;
-                        s.error = Some(error.to_string());
-                    });
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let telemetry = self.telemetry.clone();
+        let stage = self.lane.stage;
+        retrying(&telemetry, stage, &mut stop, async |stop| {
+            self.run_epochs(stop).await
+        })
+        .await?;
         if self.last_checkpoint != self.last_epoch {
             self.checkpoint().await?;
         }
@@ -343,14 +372,16 @@ impl Pipeline {
         Ok(self.summary)
     }
 
-    /// Recovers from the checkpoint store, then runs epochs until the source
-    /// is exhausted or `stop` turns true.
+    /// Opens the sinks (if an earlier attempt did not), recovers from the
+    /// checkpoint store, then runs epochs until the source is exhausted or
+    /// `stop` turns true.
     async fn run_epochs(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), PipelineError> {
+        if !self.sinks_open {
+            self.open_sinks().await?;
+            self.sinks_open = true;
+        }
         self.recover().await?;
-        self.telemetry.update_status(|s| {
-            s.ready = true;
-            s.error = None;
-        });
+        self.telemetry.stage_running(self.lane.stage);
         loop {
             if *stop.borrow() {
                 break;
@@ -416,8 +447,14 @@ impl Pipeline {
     }
 
     /// Restores the newest checkpoint, then replays every epoch planned after
-    /// it with exactly its planned ranges.
+    /// it with exactly its planned ranges, and checkpoints them. Runs at
+    /// start and after every transient failure: whatever this process did
+    /// since its last checkpoint is forgotten, as after a crash.
     async fn recover(&mut self) -> Result<(), PipelineError> {
+        // Idleness is measured from now, as in a new process: an outage is
+        // no reason to call every partition idle.
+        self.last_progress.clear();
+        self.last_idle.clear();
         if let Some(checkpoint) = self.checkpoints.latest_checkpoint().await? {
             tracing::info!(epoch = checkpoint.epoch, "restoring checkpoint");
             if self.engine.role_is_source_stage() && checkpoint.state != WindowState::default() {
@@ -465,7 +502,9 @@ impl Pipeline {
             self.run_epoch(&plan).await?;
             self.summary.replayed_epochs += 1;
         }
-        if self.summary.replayed_epochs > 0 {
+        // Only replayed epochs need a checkpoint: the restored one is there
+        // already, and writing it again would look like a second runner.
+        if self.last_epoch != self.last_checkpoint {
             self.checkpoint().await?;
         } else {
             // A crash may have interrupted the last deletion of old checkpoints.
@@ -707,5 +746,62 @@ impl Pipeline {
                 })
                 .collect();
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipeline over 1,000 generated events, checkpointing under `dir`.
+    fn pipeline(dir: &std::path::Path) -> Pipeline {
+        let spec: StreamPipelineSpec = serde_yaml::from_str(&format!(
+            r#"
+source:
+  generator: {{totalEvents: 1000, eventsPerSecond: 0, startTime: "2026-11-24T10:00:00Z"}}
+sinks: []
+checkpoint: {{uri: "{}"}}
+"#,
+            dir.display()
+        ))
+        .unwrap();
+        let identity = RunnerIdentity {
+            pipeline: "uid".into(),
+            replica: 0,
+            replicas: 1,
+            repartition_topic: "sluice-test-keygroups".into(),
+            generation: 0,
+        };
+        let telemetry = Arc::new(Telemetry::new(0, 1).unwrap());
+        Pipeline::from_spec(&spec, identity, telemetry).unwrap()
+    }
+
+    #[tokio::test]
+    async fn recovering_again_in_one_process_replays_and_checkpoints_an_epoch_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pipeline = pipeline(dir.path());
+        pipeline.recover().await.unwrap();
+        // An epoch is planned, then an outage interrupts it.
+        let Planned::Ranges(ranges) = pipeline.source.plan(&pipeline.positions).await.unwrap()
+        else {
+            panic!("the generator has events")
+        };
+        let plan = EpochPlan {
+            epoch: 0,
+            ranges,
+            idle: Vec::new(),
+            planned_at: None,
+        };
+        pipeline.checkpoints.put_plan(&plan).await.unwrap();
+        // The first recovery replays and checkpoints it; later ones (more
+        // outages) restore that checkpoint without writing it again.
+        for _ in 0..3 {
+            pipeline.recover().await.unwrap();
+        }
+        assert_eq!(pipeline.summary.replayed_epochs, 1);
+        assert_eq!(pipeline.last_checkpoint, Some(0));
+        pipeline.finish_pruning().await;
+        let latest = pipeline.checkpoints.latest_checkpoint().await.unwrap();
+        assert_eq!(latest.map(|c| c.epoch), Some(0));
     }
 }

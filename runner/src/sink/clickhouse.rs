@@ -236,7 +236,7 @@ impl ClickHouseSink {
             tracing::warn!(sink = %self.name, message = failure.message(), ?delay, "ClickHouse request failed; retrying");
         })
         .await
-        .map_err(|failure| self.failed(format!("{}: {}", self.url, failure.message())))
+        .map_err(|failure| SinkError::request(&self.name, &self.url, &failure))
     }
 
     async fn query(&self, sql: &str) -> Result<String, SinkError> {

@@ -68,6 +68,35 @@ impl DeltaSink {
     }
 }
 
+/// Whether a Delta failure is its object store being unreachable or failing
+/// for now (see [`crate::storage::is_transient`]): the runner replays the
+/// epoch later, and the transaction identifier skips a commit that landed
+/// although its answer was lost.
+pub fn is_transient(error: &DeltaTableError) -> bool {
+    match error {
+        DeltaTableError::ObjectStore { source } => crate::storage::is_transient(source),
+        DeltaTableError::KernelError(error) => kernel_is_transient(error),
+        other => {
+            let mut cause = std::error::Error::source(other);
+            while let Some(error) = cause {
+                if let Some(store) = error.downcast_ref::<object_store::Error>() {
+                    return crate::storage::is_transient(store);
+                }
+                cause = error.source();
+            }
+            false
+        }
+    }
+}
+
+fn kernel_is_transient(error: &delta_kernel::Error) -> bool {
+    match error {
+        delta_kernel::Error::ObjectStore(source) => crate::storage::is_transient(source),
+        delta_kernel::Error::Backtraced { source, .. } => kernel_is_transient(source),
+        _ => false,
+    }
+}
+
 /// Opens the Delta table at `uri` (a local path or an object-store URI), or
 /// an uninitialised handle to create one there. S3 settings come from
 /// `options` and the `AWS_*` environment.
@@ -132,35 +161,56 @@ impl Sink for DeltaSink {
         let writer_id = key.writer_id();
         let version = i64::try_from(key.epoch).unwrap_or(i64::MAX);
         let mut table = self.table.take().ok_or_else(|| self.not_open())?;
+        let count = rows.iter().map(RecordBatch::num_rows).sum();
         let result = async {
             // Another runner incarnation may have committed since we loaded.
-            table.update_incremental(None).await?;
-            let committed = table
-                .snapshot()?
-                .transaction_version(table.log_store().as_ref(), &writer_id)
-                .await?;
-            if committed.is_some_and(|committed| committed >= version) {
+            if holds(&mut table, &writer_id, version).await? {
                 return Ok(WriteOutcome::AlreadyCommitted);
             }
             let transaction = deltalake::kernel::Transaction::new(&writer_id, version);
             let properties = CommitProperties::default().with_application_transaction(transaction);
-            let count = rows.iter().map(RecordBatch::num_rows).sum();
-            if self.merge {
-                merge_rows(&mut table, rows, properties, &writer_id, version).await?;
-            } else {
-                let mut writer =
-                    RecordBatchWriter::for_table(&table)?.with_commit_properties(properties);
-                for batch in rows {
-                    writer.write(batch.clone()).await?;
+            let committed = async {
+                if self.merge {
+                    merge_rows(&mut table, rows, properties, &writer_id, version).await
+                } else {
+                    let mut writer =
+                        RecordBatchWriter::for_table(&table)?.with_commit_properties(properties);
+                    for batch in rows {
+                        writer.write(batch.clone()).await?;
+                    }
+                    writer.flush_and_commit(&mut table).await.map(drop)
                 }
-                writer.flush_and_commit(&mut table).await?;
             }
-            Ok(WriteOutcome::all(count))
+            .await;
+            match committed {
+                Ok(()) => Ok(WriteOutcome::all(count)),
+                // The commit may have landed although its answer was lost
+                // with the connection (deltalake then reports its own commit
+                // as a concurrent one): the table says.
+                Err(error) => match holds(&mut table, &writer_id, version).await {
+                    Ok(true) => Ok(WriteOutcome::all(count)),
+                    _ => Err(error),
+                },
+            }
         }
         .await;
         self.table = Some(table);
         result.map_err(|e| self.error(e))
     }
+}
+
+/// Whether the table holds epoch `version` of writer `writer_id` (or a later one).
+async fn holds(
+    table: &mut DeltaTable,
+    writer_id: &str,
+    version: i64,
+) -> Result<bool, DeltaTableError> {
+    table.update_incremental(None).await?;
+    let committed = table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), writer_id)
+        .await?;
+    Ok(committed.is_some_and(|committed| committed >= version))
 }
 
 /// Commits `rows` in place of the rows of the same identity, in one commit.

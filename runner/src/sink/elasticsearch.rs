@@ -208,11 +208,14 @@ impl ElasticsearchSink {
                 return Ok(refused);
             }
             let Some(delay) = delays.next() else {
-                return Err(self.failed(format!(
-                    "{} documents still refused after {} attempts",
-                    retry_later.len(),
-                    self.retry.attempts.unwrap_or_default() + 1
-                )));
+                return Err(SinkError::Unavailable {
+                    sink: self.name.clone(),
+                    message: format!(
+                        "{} documents still refused after {} attempts",
+                        retry_later.len(),
+                        self.retry.attempts.unwrap_or_default() + 1
+                    ),
+                });
             };
             self.meter.retries.inc_by(retry_later.len() as u64);
             tokio::time::sleep(retry_after.unwrap_or(delay)).await;
@@ -326,7 +329,7 @@ impl Sink for ElasticsearchSink {
         let request = self.request(self.client.get(&self.base_url));
         http::exchange(&self.meter.requests, request, Failure::from_status)
             .await
-            .map_err(|failure| self.failed(format!("{}: {}", self.base_url, failure.message())))?;
+            .map_err(|failure| SinkError::request(&self.name, &self.base_url, &failure))?;
         self.meter.requests.ok.inc();
         Ok(())
     }

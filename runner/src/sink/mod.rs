@@ -123,15 +123,43 @@ pub enum SinkError {
         sink: String,
         error: Box<deltalake::DeltaTableError>,
     },
+    /// The destination did not answer, or kept answering with server
+    /// errors, through the sink's own retries: the runner backs off and
+    /// resumes from its checkpoint.
+    #[error("sink {sink}: {message}")]
+    Unavailable { sink: String, message: String },
     #[error("sink kind {0} is not available in this build")]
     NotBuilt(&'static str),
+}
+
+impl SinkError {
+    /// A failed request of sink `sink` to `url`: unavailable when trying
+    /// again later may help, failed when the destination refused it as it is.
+    pub fn request(sink: &str, url: &str, failure: &crate::http::Failure) -> Self {
+        let (sink, message) = (sink.to_owned(), format!("{url}: {}", failure.message()));
+        match failure {
+            crate::http::Failure::Transient { .. } => Self::Unavailable { sink, message },
+            crate::http::Failure::Permanent { .. } => Self::Failed { sink, message },
+        }
+    }
+
+    /// A destination that may come back by itself (see [`SinkError::Unavailable`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable { .. } => true,
+            Self::Delta { error, .. } => delta::is_transient(error),
+            Self::Failed { .. } | Self::Arrow { .. } | Self::NotBuilt(_) => false,
+        }
+    }
 }
 
 /// One output of the pipeline.
 #[async_trait]
 pub trait Sink: Send {
     /// Prepares the destination for rows of `schema` (creates a Delta table,
-    /// checks that a ClickHouse table answers). Called once before any write.
+    /// checks that a ClickHouse table answers). Called before any write, and
+    /// again after a transient failure of any sink's `open` (so it must
+    /// accept a destination it prepared already).
     async fn open(&mut self, schema: SchemaRef) -> Result<(), SinkError>;
 
     /// Writes one epoch's rows (possibly none), unless the sink already holds

@@ -511,6 +511,10 @@ impl Windows {
             .map(|(start, keyed)| (start, keyed.into_iter().collect()))
             .collect();
         self.sessions = state.sessions.into_iter().collect();
+        // What an interrupted epoch changed is not part of the restored state.
+        if let Some(changed) = &mut self.changed {
+            changed.clear();
+        }
     }
 
     /// Number of (pane or session, key) entries held, for metrics.

@@ -10,7 +10,7 @@
 //! whatever the order in which partitions were read.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::Path,
     process::{Child, Command},
     sync::mpsc,
@@ -24,7 +24,7 @@ use rdkafka::{
     message::Headers,
 };
 use sluice_crds::{SECRETS_DIR_ENV, secret_env_var};
-use sluice_runner::sink::delta::read_table;
+use sluice_runner::sink::delta::read_table_with_options;
 use sluice_tests::kafka::{KafkaBroker, ScramLogin};
 
 const TOPIC: &str = "events";
@@ -35,13 +35,13 @@ const GROUP: &str = "clickstream";
 const MAX_OFFSETS_PER_TRIGGER: usize = 2_000;
 
 /// The data set as Kafka messages: (partition, payload), in production order.
-struct Topic {
-    lines: Vec<Line>,
-    messages: Vec<(i32, String)>,
+pub(crate) struct Topic {
+    pub lines: Vec<Line>,
+    pub messages: Vec<(i32, String)>,
 }
 
 impl Topic {
-    fn generate(events: usize, seed: u64) -> Self {
+    pub(crate) fn generate(events: usize, seed: u64) -> Self {
         let mut lines = data_set_without_stragglers(events, seed);
         let messages = topic_messages(&mut lines, events, PARTITIONS, |i| {
             (i % PARTITIONS as usize) as i32
@@ -49,14 +49,19 @@ impl Topic {
         Self { lines, messages }
     }
 
-    fn produce(&self, broker: &KafkaBroker) {
+    /// Creates the topic on `broker`, empty.
+    pub(crate) fn create(&self, broker: &KafkaBroker) {
         broker.create_topic(TOPIC, PARTITIONS).unwrap();
+    }
+
+    fn produce(&self, broker: &KafkaBroker) {
+        self.create(broker);
         self.produce_up_to(broker, 0, self.messages.len());
     }
 
     /// Produces `messages[from..to]`, then checks that the broker's end
     /// offsets count exactly `messages[..to]`.
-    fn produce_up_to(&self, broker: &KafkaBroker, from: usize, to: usize) {
+    pub(crate) fn produce_up_to(&self, broker: &KafkaBroker, from: usize, to: usize) {
         send_all(broker, TOPIC, &self.messages[from..to]);
         let mut per_partition = vec![0i64; PARTITIONS as usize];
         for (partition, _) in &self.messages[..to] {
@@ -90,8 +95,9 @@ pub(crate) fn send_all(broker: &KafkaBroker, topic: &str, messages: &[(i32, Stri
     producer.flush().unwrap();
 }
 
-/// The reference query over the topic; `kafka_extra` adds lines to the
-/// source's `kafka` block, `extra` to the spec.
+/// The reference query over the topic, with its Delta table and checkpoints
+/// in local folders under `dir`; `kafka_extra` adds lines to the source's
+/// `kafka` block, `extra` to the spec. Returns the manifest and the table.
 fn manifest(
     dir: &Path,
     broker: &KafkaBroker,
@@ -100,6 +106,19 @@ fn manifest(
 ) -> (std::path::PathBuf, String) {
     let table = dir.join("table").display().to_string();
     let checkpoints = dir.join("checkpoints").display().to_string();
+    let manifest = manifest_at(dir, broker, &table, &checkpoints, kafka_extra, extra);
+    (manifest, table)
+}
+
+/// [`manifest`] with the Delta table and the checkpoints at given URIs.
+pub(crate) fn manifest_at(
+    dir: &Path,
+    broker: &KafkaBroker,
+    table: &str,
+    checkpoints: &str,
+    kafka_extra: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     let text = format!(
         r#"apiVersion: sluice.dev/v1alpha1
 kind: StreamPipeline
@@ -114,19 +133,29 @@ spec:
       maxOffsetsPerTrigger: {MAX_OFFSETS_PER_TRIGGER}
 {kafka_extra}{spec}{extra}"#,
         bootstrap = broker.bootstrap_servers(),
-        spec = reference_query_spec(&table, &checkpoints, "0s", "0s"),
+        spec = reference_query_spec(table, checkpoints, "0s", "0s"),
     );
     let path = dir.join("pipeline.yaml");
     std::fs::write(&path, text).unwrap();
-    (path, table)
+    path
 }
 
 /// Polls the Delta table until it holds `expected` (or the deadline passes),
 /// checking the runner stays up meanwhile; returns what it last read.
 pub(crate) async fn wait_for_table(table: &str, expected: &Windows, runner: &mut Child) -> Windows {
+    wait_for_table_with(table, &HashMap::new(), expected, runner).await
+}
+
+/// [`wait_for_table`] with storage options (S3 settings).
+pub(crate) async fn wait_for_table_with(
+    table: &str,
+    options: &HashMap<String, String>,
+    expected: &Windows,
+    runner: &mut Child,
+) -> Windows {
     poll_until(
         &mut [runner],
-        async || match read_table(table).await {
+        async || match read_table_with_options(table, options.clone()).await {
             Ok(batches) => table_windows(&batches),
             Err(_) => Windows::new(),
         },
@@ -365,7 +394,7 @@ async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
     // Half before the runner starts, the rest once the broker is back, so
     // there is always something to read after the restart.
     let first_part = topic.messages.len() / 2;
-    broker.create_topic(TOPIC, PARTITIONS).unwrap();
+    topic.create(&broker);
     topic.produce_up_to(&broker, 0, first_part);
     let produced = broker.end_offsets(TOPIC).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -417,7 +446,7 @@ async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
 }
 
 /// Polls `/readyz` until it says ready (200) or not (503).
-async fn wait_until_readyz(url: &str, runner: &mut Child, ready: bool) {
+pub(crate) async fn wait_until_readyz(url: &str, runner: &mut Child, ready: bool) {
     let waiting_for = if ready { "ready" } else { "not ready" };
     poll_runner(runner, url, waiting_for, async |response| {
         (response.status().is_success() == ready).then_some(())

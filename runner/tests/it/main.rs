@@ -10,6 +10,7 @@ mod kafka;
 mod key_group_sinks;
 mod key_groups;
 mod lineage;
+mod outages;
 mod recovery;
 mod recovery_s3;
 mod reference_query;

@@ -7,8 +7,8 @@ use rdkafka::{
     consumer::{CommitMode, Consumer},
 };
 
-use super::KafkaSource;
-use crate::{kafka::blocking, source::Position};
+use super::{KafkaSource, REQUEST_TIMEOUT};
+use crate::source::Position;
 
 impl KafkaSource {
     /// Commits the consumer group's offsets recorded by the last checkpoint, if not yet done.
@@ -29,16 +29,28 @@ impl KafkaSource {
             self.pending_commit = None;
             return;
         }
-        match blocking(Arc::clone(&self.consumer), move |consumer| {
-            consumer.commit(&list, CommitMode::Sync)
-        })
-        .await
-        {
-            Ok(()) => self.pending_commit = None,
-            Err(error) => tracing::warn!(
+        // A synchronous commit waits for the group coordinator without end
+        // while the brokers are away: wait for it only so long, and start no
+        // other until it is done, so that the epoch loop notices the outage.
+        if self.committing.as_ref().is_some_and(|c| !c.is_finished()) {
+            return;
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let mut commit =
+            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync));
+        match tokio::time::timeout(REQUEST_TIMEOUT, &mut commit).await {
+            Ok(Ok(Ok(()))) => self.pending_commit = None,
+            Ok(Ok(Err(error))) => tracing::warn!(
                 %error,
                 "committing consumer-group offsets failed; retrying at the next epoch (checkpoints are unaffected)"
             ),
+            Ok(Err(error)) => tracing::warn!(%error, "committing consumer-group offsets failed"),
+            Err(_) => {
+                tracing::warn!(
+                    "committing consumer-group offsets is taking long (brokers away?); retrying at the next epoch after it ends (checkpoints are unaffected)"
+                );
+                self.committing = Some(commit);
+            }
         }
     }
 }

@@ -107,6 +107,8 @@ pub struct KafkaSource {
     ready: VecDeque<Chunk>,
     /// Checkpointed positions not yet committed to the consumer group.
     pending_commit: Option<Positions>,
+    /// A commit still waiting for the group coordinator (brokers away).
+    committing: Option<tokio::task::JoinHandle<Result<(), RdKafkaError>>>,
 }
 
 impl KafkaSource {
@@ -177,6 +179,7 @@ impl KafkaSource {
             range_of: HashMap::new(),
             ready: VecDeque::new(),
             pending_commit: None,
+            committing: None,
         })
     }
 

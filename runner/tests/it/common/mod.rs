@@ -545,7 +545,18 @@ pub async fn poll_runner<T>(
     waiting_for: &str,
     accept: impl AsyncFn(reqwest::Response) -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    poll_runner_for(Duration::from_secs(120), runner, url, waiting_for, accept).await
+}
+
+/// [`poll_runner`] for at most `patience`.
+pub async fn poll_runner_for<T>(
+    patience: Duration,
+    runner: &mut Child,
+    url: &str,
+    waiting_for: &str,
+    accept: impl AsyncFn(reqwest::Response) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + patience;
     loop {
         assert!(
             runner.try_wait().unwrap().is_none(),
