@@ -5,13 +5,24 @@
 //! itself. Every other form (offsets,
 //! lower-case separators, leap seconds, times before 1970) goes to `jiff`
 //! whole, so the result is always exactly jiff's.
+//!
+//! The remembered hour is one atomic word, so that the decoder is shared by
+//! the engine's worker threads without a lock; a worker that overwrites
+//! another's hour only costs the other one jiff call.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bits of the packed hour word that hold the hour's start (hours since
+/// 1970, below 2^27 up to the year 9999); the digits `YYYYMMDDHH` as a
+/// number (below 2^34) sit above them. 0: no hour yet (`0000-00-00T00` is
+/// not a time).
+const HOUR_BITS: u32 = 27;
+const MILLIS_PER_HOUR: i64 = 3_600_000;
 
 #[derive(Debug, Default)]
 pub struct Rfc3339Parser {
-    /// `YYYY-MM-DDTHH` of the last canonical time, and when that hour starts.
-    last_hour: Cell<Option<([u8; 13], i64)>>,
+    /// The last canonical time's `YYYYMMDDHH` and when that hour starts, packed.
+    last_hour: AtomicU64,
 }
 
 impl Rfc3339Parser {
@@ -53,18 +64,20 @@ impl Rfc3339Parser {
     }
 
     fn hour_start(&self, hour: &[u8; 13]) -> Option<i64> {
-        if let Some((cached, start)) = self.last_hour.get()
-            && cached == *hour
-        {
-            return Some(start);
+        let mut digits = 0_u64;
+        for (i, byte) in hour.iter().enumerate() {
+            match i {
+                4 | 7 if *byte != b'-' => return None,
+                10 if *byte != b'T' => return None,
+                4 | 7 | 10 => {}
+                _ => digits = digits * 10 + u64::from(digit(*byte)?),
+            }
         }
-        let canonical = hour.iter().enumerate().all(|(i, byte)| match i {
-            4 | 7 => *byte == b'-',
-            10 => *byte == b'T',
-            _ => byte.is_ascii_digit(),
-        });
-        if !canonical {
-            return None;
+        let packed = self.last_hour.load(Ordering::Relaxed);
+        if packed != 0 && packed >> HOUR_BITS == digits {
+            return i64::try_from(packed & ((1 << HOUR_BITS) - 1))
+                .ok()
+                .map(|hours| hours * MILLIS_PER_HOUR);
         }
         let text = std::str::from_utf8(hour).ok()?;
         let start = format!("{text}:00:00Z")
@@ -75,7 +88,11 @@ impl Rfc3339Parser {
         if start < 0 {
             return None;
         }
-        self.last_hour.set(Some((*hour, start)));
+        let hours = u64::try_from(start / MILLIS_PER_HOUR).ok()?;
+        if hours < 1 << HOUR_BITS {
+            self.last_hour
+                .store((digits << HOUR_BITS) | hours, Ordering::Relaxed);
+        }
         Some(start)
     }
 }

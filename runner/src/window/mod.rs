@@ -19,6 +19,7 @@
 //! Append mode emits each closed window once; update mode emits, every
 //! epoch, the windows that the epoch's events changed.
 
+mod additions;
 pub(crate) mod aggregate;
 mod key;
 mod output;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use sluice_crds::WindowSpec;
 
 pub use self::{
+    additions::{Additions, PaneTarget},
     aggregate::{Accumulator, AggregateKind},
     key::GroupKey,
     output::WindowRows,
@@ -109,6 +111,54 @@ impl Lateness {
     }
 }
 
+/// The window shape and the watermark in force: all that lateness depends
+/// on. The watermark moves only between epochs, so an epoch's workers each
+/// hold a copy and decide as the windows themselves would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatenessRule {
+    kind: WindowKind,
+    watermark: Option<i64>,
+}
+
+impl LatenessRule {
+    /// The watermark in force, in milliseconds since the Unix epoch.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// How many of the windows holding an event at `time` are closed.
+    pub fn lateness(&self, time: i64) -> Lateness {
+        match self.kind {
+            WindowKind::Sliding { size, slide, .. } => {
+                // Window starts are multiples of `slide` in (time - size, time].
+                let last = time.div_euclid(slide) * slide;
+                let windows = (last - first_start_after(time, size, slide)) / slide + 1;
+                let closed = match self.watermark {
+                    // Starts at or before the last closed window's start.
+                    Some(watermark) => ((last_closed_start(watermark, size, slide) - last)
+                        .div_euclid(slide)
+                        + windows)
+                        .clamp(0, windows),
+                    None => 0,
+                };
+                Lateness {
+                    windows: u32::try_from(windows).unwrap_or(u32::MAX),
+                    closed: u32::try_from(closed).unwrap_or(u32::MAX),
+                }
+            }
+            // An event opens the session [time, time + gap); it is late when
+            // that has closed, as in Spark.
+            WindowKind::Session { gap } => Lateness {
+                windows: 1,
+                closed: u32::from(
+                    self.watermark
+                        .is_some_and(|watermark| time.saturating_add(gap) <= watermark),
+                ),
+            },
+        }
+    }
+}
+
 /// Open windows of one pipeline replica and its watermark.
 pub struct Windows {
     kind: WindowKind,
@@ -176,6 +226,16 @@ impl WindowState {
     }
 }
 
+impl PaneTarget for Windows {
+    fn add(&mut self, time: i64, key: &[u8], inputs: &[Option<f64>]) {
+        Windows::add(self, time, key, inputs);
+    }
+
+    fn merge_pane(&mut self, pane: i64, key: GroupKey, _: u64, accumulators: &[Accumulator]) {
+        Windows::merge_pane(self, pane, &key, accumulators);
+    }
+}
+
 impl Windows {
     pub fn new(kind: WindowKind, delay: i64, aggregates: Vec<AggregateKind>) -> Self {
         Self {
@@ -208,33 +268,14 @@ impl Windows {
     /// How many of the windows holding an event at `time` are closed under
     /// the watermark in force.
     pub fn lateness(&self, time: i64) -> Lateness {
-        match self.kind {
-            WindowKind::Sliding { size, slide, .. } => {
-                // Window starts are multiples of `slide` in (time - size, time].
-                let last = time.div_euclid(slide) * slide;
-                let windows = (last - first_start_after(time, size, slide)) / slide + 1;
-                let closed = match self.watermark {
-                    // Starts at or before the last closed window's start.
-                    Some(watermark) => ((last_closed_start(watermark, size, slide) - last)
-                        .div_euclid(slide)
-                        + windows)
-                        .clamp(0, windows),
-                    None => 0,
-                };
-                Lateness {
-                    windows: u32::try_from(windows).unwrap_or(u32::MAX),
-                    closed: u32::try_from(closed).unwrap_or(u32::MAX),
-                }
-            }
-            // An event opens the session [time, time + gap); it is late when
-            // that has closed, as in Spark.
-            WindowKind::Session { gap } => Lateness {
-                windows: 1,
-                closed: u32::from(
-                    self.watermark
-                        .is_some_and(|watermark| time.saturating_add(gap) <= watermark),
-                ),
-            },
+        self.lateness_rule().lateness(time)
+    }
+
+    /// The epoch's lateness decisions, apart from the window state.
+    pub fn lateness_rule(&self) -> LatenessRule {
+        LatenessRule {
+            kind: self.kind,
+            watermark: self.watermark,
         }
     }
 
