@@ -193,8 +193,8 @@ fn run_once(
         repartition_topic: String::new(),
         generation: 0,
     };
-    let pipeline = Pipeline::from_spec(&spec, identity, Arc::clone(&telemetry))?
-        .with_worker_threads(threads)?;
+    let pipeline =
+        Pipeline::from_spec_on_threads(&spec, identity, Arc::clone(&telemetry), threads)?;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let cpu_before = process_cpu_seconds();
     let started = Instant::now();
@@ -265,6 +265,7 @@ async fn write_events(path: &std::path::Path, n: i64, ids: bool) -> anyhow::Resu
         replica: 0,
         replicas: 1,
         max_records_per_epoch: n,
+        read_ahead: false,
     };
     let mut generator = source::GeneratorSource::new(&spec, &context)?;
     let Planned::Ranges(ranges) = source::Source::plan(&mut generator, &Positions::new()).await?

@@ -6,24 +6,20 @@
 //! lower-case separators, leap seconds, times before 1970) goes to `jiff`
 //! whole, so the result is always exactly jiff's.
 //!
-//! The remembered hour is one atomic word, so that the decoder is shared by
-//! the engine's worker threads without a lock; a worker that overwrites
-//! another's hour only costs the other one jiff call.
+//! The remembered hour is per thread, so that the engine's worker threads
+//! share the decoder without sharing a cache line; it depends only on the
+//! text, so every parser of a thread can use it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
-/// Bits of the packed hour word that hold the hour's start (hours since
-/// 1970, below 2^27 up to the year 9999); the digits `YYYYMMDDHH` as a
-/// number (below 2^34) sit above them. 0: no hour yet (`0000-00-00T00` is
-/// not a time).
-const HOUR_BITS: u32 = 27;
-const MILLIS_PER_HOUR: i64 = 3_600_000;
+thread_local! {
+    /// `YYYY-MM-DDTHH` of the last canonical time this thread read, and when
+    /// that hour starts.
+    static LAST_HOUR: Cell<Option<([u8; 13], i64)>> = const { Cell::new(None) };
+}
 
 #[derive(Debug, Default)]
-pub struct Rfc3339Parser {
-    /// The last canonical time's `YYYYMMDDHH` and when that hour starts, packed.
-    last_hour: AtomicU64,
-}
+pub struct Rfc3339Parser;
 
 impl Rfc3339Parser {
     /// Milliseconds since the Unix epoch (the fraction truncated), or why
@@ -64,20 +60,18 @@ impl Rfc3339Parser {
     }
 
     fn hour_start(&self, hour: &[u8; 13]) -> Option<i64> {
-        let mut digits = 0_u64;
-        for (i, byte) in hour.iter().enumerate() {
-            match i {
-                4 | 7 if *byte != b'-' => return None,
-                10 if *byte != b'T' => return None,
-                4 | 7 | 10 => {}
-                _ => digits = digits * 10 + u64::from(digit(*byte)?),
-            }
+        if let Some((cached, start)) = LAST_HOUR.get()
+            && cached == *hour
+        {
+            return Some(start);
         }
-        let packed = self.last_hour.load(Ordering::Relaxed);
-        if packed != 0 && packed >> HOUR_BITS == digits {
-            return i64::try_from(packed & ((1 << HOUR_BITS) - 1))
-                .ok()
-                .map(|hours| hours * MILLIS_PER_HOUR);
+        let canonical = hour.iter().enumerate().all(|(i, byte)| match i {
+            4 | 7 => *byte == b'-',
+            10 => *byte == b'T',
+            _ => byte.is_ascii_digit(),
+        });
+        if !canonical {
+            return None;
         }
         let text = std::str::from_utf8(hour).ok()?;
         let start = format!("{text}:00:00Z")
@@ -88,11 +82,7 @@ impl Rfc3339Parser {
         if start < 0 {
             return None;
         }
-        let hours = u64::try_from(start / MILLIS_PER_HOUR).ok()?;
-        if hours < 1 << HOUR_BITS {
-            self.last_hour
-                .store((digits << HOUR_BITS) | hours, Ordering::Relaxed);
-        }
+        LAST_HOUR.set(Some((*hour, start)));
         Some(start)
     }
 }

@@ -62,12 +62,13 @@ fn refused_events(
         .collect()
 }
 
-/// The source settings of a replica.
-fn source_context(identity: &RunnerIdentity) -> SourceContext {
+/// The source settings of a replica whose engine has `threads` threads.
+fn source_context(identity: &RunnerIdentity, threads: usize) -> SourceContext {
     SourceContext {
         replica: identity.replica,
         replicas: identity.replicas,
         max_records_per_epoch: DEFAULT_MAX_RECORDS_PER_EPOCH,
+        read_ahead: threads > 1,
     }
 }
 
@@ -341,17 +342,37 @@ impl Pipeline {
         identity: RunnerIdentity,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self, PipelineError> {
+        Self::from_spec_on_threads(spec, identity, telemetry, worker_threads())
+    }
+
+    /// [`Pipeline::from_spec`] with `threads` worker threads instead of
+    /// [`worker_threads`]'s number (benchmarks compare thread counts).
+    pub fn from_spec_on_threads(
+        spec: &StreamPipelineSpec,
+        identity: RunnerIdentity,
+        telemetry: Arc<Telemetry>,
+        threads: usize,
+    ) -> Result<Self, PipelineError> {
         let source = source::from_spec(
             &spec.source,
-            &source_context(&identity),
+            &source_context(&identity, threads),
             &telemetry.source_requests,
         )?;
         let sinks = sinks_from_spec(spec, &telemetry, |_| true)?;
-        Self::new(spec, identity, Role::Whole, source, sinks, telemetry)
+        Self::new(
+            spec,
+            identity,
+            Role::Whole,
+            source,
+            sinks,
+            telemetry,
+            threads,
+        )
     }
 
-    /// A pipeline, or one stage of it, over a given source and sinks; the
-    /// dead-letter output and checkpoints come from the spec.
+    /// A pipeline, or one stage of it, over a given source and sinks, its
+    /// engine on `threads` threads; the dead-letter output and checkpoints
+    /// come from the spec.
     pub fn new(
         spec: &StreamPipelineSpec,
         identity: RunnerIdentity,
@@ -359,6 +380,7 @@ impl Pipeline {
         source: Box<dyn Source>,
         sinks: Vec<ConfiguredSink>,
         telemetry: Arc<Telemetry>,
+        threads: usize,
     ) -> Result<Self, PipelineError> {
         let lane = Lane {
             stage: match role {
@@ -376,7 +398,7 @@ impl Pipeline {
         )?;
         let checkpoints = Arc::new(ObjectStoreCheckpoints::open(&spec.checkpoint.uri, lane)?);
         let wants_events = sinks.iter().any(|s| s.input == SinkInput::Events);
-        let engine = Engine::new(spec, wants_events, role)?.with_workers(worker_threads())?;
+        let engine = Engine::new(spec, wants_events, role)?.with_workers(threads)?;
         Ok(Self {
             identity,
             lane,
@@ -405,13 +427,6 @@ impl Pipeline {
             last_idle: Vec::new(),
             summary: RunSummary::default(),
         })
-    }
-
-    /// Processes chunks on `threads` worker threads instead of
-    /// [`worker_threads`]'s number (benchmarks compare thread counts).
-    pub fn with_worker_threads(mut self, threads: usize) -> Result<Self, PipelineError> {
-        self.engine = self.engine.with_workers(threads)?;
-        Ok(self)
     }
 
     /// A source stage: each epoch's pre-aggregates go to the repartition topic.

@@ -98,8 +98,8 @@ pub type WindowRow = (i64, i64, GroupKey, Box<[Accumulator]>);
 /// How many of an event's windows had closed when it arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lateness {
-    /// Windows that hold the event.
-    pub windows: u32,
+    /// Every window that holds the event is closed.
+    pub late: bool,
     /// Those among them that are closed; the event does not count in them.
     pub closed: u32,
 }
@@ -107,7 +107,7 @@ pub struct Lateness {
 impl Lateness {
     /// Every window of the event has closed: the event is late.
     pub fn is_late(&self) -> bool {
-        self.closed == self.windows
+        self.late
     }
 }
 
@@ -118,6 +118,8 @@ impl Lateness {
 pub struct LatenessRule {
     kind: WindowKind,
     watermark: Option<i64>,
+    /// Sliding windows: the start of the last closed window.
+    last_closed: Option<i64>,
 }
 
 impl LatenessRule {
@@ -129,6 +131,15 @@ impl LatenessRule {
     /// How many of the windows holding an event at `time` are closed.
     pub fn lateness(&self, time: i64) -> Lateness {
         match self.kind {
+            // Most events: all their windows start after the last closed one.
+            WindowKind::Sliding { size, .. }
+                if self.last_closed.is_none_or(|last| time >= last + size) =>
+            {
+                Lateness {
+                    late: false,
+                    closed: 0,
+                }
+            }
             WindowKind::Sliding { size, slide, .. } => {
                 // Window starts are multiples of `slide` in (time - size, time].
                 let last = time.div_euclid(slide) * slide;
@@ -142,19 +153,21 @@ impl LatenessRule {
                     None => 0,
                 };
                 Lateness {
-                    windows: u32::try_from(windows).unwrap_or(u32::MAX),
+                    late: closed == windows,
                     closed: u32::try_from(closed).unwrap_or(u32::MAX),
                 }
             }
             // An event opens the session [time, time + gap); it is late when
             // that has closed, as in Spark.
-            WindowKind::Session { gap } => Lateness {
-                windows: 1,
-                closed: u32::from(
-                    self.watermark
-                        .is_some_and(|watermark| time.saturating_add(gap) <= watermark),
-                ),
-            },
+            WindowKind::Session { gap } => {
+                let late = self
+                    .watermark
+                    .is_some_and(|watermark| time.saturating_add(gap) <= watermark);
+                Lateness {
+                    late,
+                    closed: u32::from(late),
+                }
+            }
         }
     }
 }
@@ -273,9 +286,16 @@ impl Windows {
 
     /// The epoch's lateness decisions, apart from the window state.
     pub fn lateness_rule(&self) -> LatenessRule {
+        let last_closed = match (self.kind, self.watermark) {
+            (WindowKind::Sliding { size, slide, .. }, Some(watermark)) => {
+                Some(last_closed_start(watermark, size, slide))
+            }
+            _ => None,
+        };
         LatenessRule {
             kind: self.kind,
             watermark: self.watermark,
+            last_closed,
         }
     }
 
@@ -636,7 +656,7 @@ mod tests {
         assert_eq!(
             windows.lateness(0),
             Lateness {
-                windows: 5,
+                late: false,
                 closed: 0
             },
             "nothing is closed before the first watermark"
@@ -646,12 +666,44 @@ mod tests {
         assert_eq!(windows.watermark(), Some(18 * MIN));
         // 14:30 is in the windows starting 10..=14; those ending by 18 (10..=13) are closed.
         let partly = windows.lateness(14 * MIN + 30_000);
-        assert_eq!((partly.windows, partly.closed), (5, 4));
+        assert_eq!((partly.late, partly.closed), (false, 4));
         assert!(!partly.is_late());
         // 13:59 is in windows 9..=13, all ended by 18; 14:00 opens window 14.
         assert!(windows.lateness(14 * MIN - 1).is_late());
         assert_eq!(windows.lateness(14 * MIN).closed, 4);
         assert_eq!(windows.lateness(30 * MIN).closed, 0);
+    }
+
+    #[test]
+    fn lateness_agrees_with_counting_the_closed_windows() {
+        for (size, slide) in [(5, 1), (4, 3), (3, 3), (7, 2)] {
+            let mut windows = sliding(size, slide, 0);
+            for watermark in [-7 * MIN - 1, 0, 11 * MIN, 11 * MIN + 7] {
+                windows.watermark = Some(watermark);
+                let rule = windows.lateness_rule();
+                for time in (watermark - 9 * MIN..watermark + 9 * MIN).step_by(7_001) {
+                    let step = slide * MIN;
+                    let first = (time - size * MIN).div_euclid(step) * step;
+                    let starts = (0..=size / slide + 1)
+                        .map(|i| first + i * step)
+                        .filter(|start| *start > time - size * MIN && *start <= time)
+                        .collect::<Vec<_>>();
+                    let closed = starts
+                        .iter()
+                        .filter(|start| *start + size * MIN <= watermark)
+                        .count() as u32;
+                    let expected = Lateness {
+                        late: closed as usize == starts.len(),
+                        closed,
+                    };
+                    assert_eq!(
+                        rule.lateness(time),
+                        expected,
+                        "{size}/{slide} {watermark} {time}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
