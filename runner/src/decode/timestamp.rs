@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn agrees_with_jiff_on_canonical_and_other_forms() {
-        let parser = Rfc3339Parser::default();
+        let parser = Rfc3339Parser;
         let mut texts = Vec::new();
         for millis in (0..36_000_000_i64).step_by(97_919) {
             let time = jiff::Timestamp::from_millisecond(1_795_514_400_000 + millis).unwrap();

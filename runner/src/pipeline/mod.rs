@@ -523,7 +523,8 @@ impl Pipeline {
                     planned_at: Some(jiff::Timestamp::now().as_millisecond()),
                 };
                 // Old checkpoints are gone before a new epoch starts, so the
-                // store holds at most `retainEpochs` epochs plus the one in flight.
+                // store holds at most `retainEpochs` epochs plus the two in flight
+                // (one committing, one being processed).
                 self.finish_pruning().await;
                 self.checkpoints.put_plan(&plan).await?;
                 tracing::info!(epoch, "epoch planned");
