@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Manual benchmark, not part of CI: the reference query on Spark Structured
 # Streaming (local[1] and local[2]) and on Sluice (the reference_query bench,
-# one core) over the same events, with wall and CPU times and a check that
-# both engines emit the same windows.
+# with 1 and then 2 worker threads) over the same events, with wall and CPU
+# times, events/s per core, and a check that both engines emit the same
+# windows.
 #
 #   bench/spark/run.sh                              # 5,000,000 events
 #   SLUICE_BENCH_EVENTS=1000000 bench/spark/run.sh
@@ -60,8 +61,8 @@ if [ ! -d "$input" ]; then
 fi
 
 echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== Sluice (cargo bench -p sluice-runner --bench reference_query, one core)"
-/usr/bin/time -f '%e %U %S' -o "$work/sluice.time" "$bench" --bench | tee "$work/sluice.out"
+echo "== Sluice (cargo bench -p sluice-runner --bench reference_query: 1, then 2 worker threads)"
+SLUICE_BENCH_THREADS=1,2 "$bench" --bench | tee "$work/sluice.out"
 
 for cores in 1 2; do
     out="$work/spark-local$cores"
@@ -82,22 +83,35 @@ work = sys.argv[1]
 def times(path):
     wall, user, system = map(float, open(path).read().split()[-3:])
     return wall, user + system
-sluice = re.search(r"(\d+) events in ([\d.]+) s = (\d+) events/s", open(f"{work}/sluice.out").read())
-events, seconds, rate = int(sluice[1]), float(sluice[2]), int(sluice[3])
-wall, cpu = times(f"{work}/sluice.time")
-# (engine, query s, events/s, steady events/s, CPU s, CPU measured over, command s)
-rows = [("Sluice, 1 core", seconds, rate, None, cpu, "process", wall)]
+runs = re.findall(r"(\d+) threads?: (\d+) events in ([\d.]+) s = (\d+) events/s; CPU ([\d.]+) s",
+                  open(f"{work}/sluice.out").read())
+assert runs, "no Sluice figures in sluice.out"
+events = int(runs[0][1])
+# (engine, cores, query s, events/s, steady events/s, CPU s, CPU measured over, command s)
+rows = [(f"Sluice, {t} thread{'s' if t != '1' else ''}", int(t), float(s), int(r), None, float(c), "process", None)
+        for t, _, s, r, c in runs]
 for cores in (1, 2):
     spark = json.loads(open(f"{work}/spark-local{cores}.json").read().splitlines()[-1])
     wall, _ = times(f"{work}/spark-local{cores}.time")
-    rows.append((f"Spark local[{cores}]", spark["query_seconds"], spark["events_per_second"],
+    rows.append((f"Spark local[{cores}]", cores, spark["query_seconds"], spark["events_per_second"],
                  spark["steady_events_per_second"], spark["query_cpu_seconds"], "query", wall))
-print(f"{'engine':<16}{'query s':>8}{'events/s':>11}{'steady/s':>10}{'CPU s':>7} {'(of)':<8}{'µs CPU/event':>13}{'command s':>10}")
-for name, seconds, rate, steady, cpu, scope, wall in rows:
+print(f"{'engine':<18}{'query s':>8}{'events/s':>11}{'per core':>10}{'steady/s':>10}{'CPU s':>7} {'(of)':<8}{'µs CPU/event':>13}{'command s':>10}")
+for name, cores, seconds, rate, steady, cpu, scope, wall in rows:
     steady = f"{steady:,}" if steady else "-"
-    print(f"{name:<16}{seconds:>8.2f}{rate:>11,}{steady:>10}{cpu:>7.2f} {scope:<8}{cpu / events * 1e6:>13.2f}{wall:>10.2f}")
-for name, _, rate, steady, cpu, _, _ in rows[1:]:
-    # One micro-batch has no steady rate (it excludes the first batch).
-    versus_steady = f" ({rows[0][2] / steady:.1f}x Spark's steady rate)" if steady else ""
-    print(f"Sluice vs {name}: {rows[0][2] / rate:.1f}x the events/s{versus_steady}, {cpu / rows[0][4]:.1f}x less CPU per event")
+    wall = f"{wall:.2f}" if wall else "-"
+    print(f"{name:<18}{seconds:>8.2f}{rate:>11,}{rate // cores:>10,}{steady:>10}{cpu:>7.2f} {scope:<8}{cpu / events * 1e6:>13.2f}{wall:>10}")
+sluice = [r for r in rows if r[0].startswith("Sluice")]
+spark = [r for r in rows if r[0].startswith("Spark")]
+for s_name, s_cores, _, s_rate, _, s_cpu, _, _ in sluice:
+    for name, cores, _, rate, steady, cpu, _, _ in spark:
+        if cores != s_cores:
+            continue
+        # One micro-batch has no steady rate (it excludes the first batch).
+        versus_steady = f" ({s_rate / steady:.1f}x Spark's steady rate)" if steady else ""
+        print(f"per core, {s_name} vs {name}: {s_rate / s_cores:,.0f} vs {rate / cores:,.0f} events/s = "
+              f"{s_rate / rate:.1f}x{versus_steady}; {cpu / s_cpu:.1f}x less CPU per event")
+one = [r for r in sluice if r[1] == 1]
+for r in sluice:
+    if one and r[1] > 1:
+        print(f"Sluice {r[1]} threads vs 1: {r[3] / one[0][3]:.2f}x the events/s")
 EOF

@@ -1,18 +1,27 @@
 //! Throughput of the reference query (5-minute windows sliding by 1 minute,
 //! grouped by event_type, 2-minute watermark, count) from the file source into
-//! a local Delta table, checkpoints every 10 s, on one core (a
-//! current-thread runtime). Run with
-//! `cargo bench -p sluice-runner --bench reference_query`; set
-//! `SLUICE_BENCH_EVENTS` to change the number of events (default 5,000,000).
-//! With `SLUICE_BENCH_DEDUP=1`, every event gets a unique `id` field and the
-//! pipeline a `dedup` transform on it with a 10-minute horizon, so that the
-//! cost of remembering and expiring ids shows.
-//! With `SLUICE_BENCH_DATA=<file>`, the events are read from that file,
-//! written there first only if it does not exist (so it must hold
-//! `SLUICE_BENCH_EVENTS` events of the same kind), and the Delta table and
-//! checkpoints are left in `<file without extension>.sluice/`, emptied
-//! first: another engine can then run on the same events and its windows be
-//! compared (bench/spark/run.sh).
+//! a local Delta table, checkpoints every 10 s, once per worker-thread count
+//! (the runner's `SLUICE_WORKER_THREADS`; by default 1 and then 2), each run
+//! from scratch over the same events, with its wall and CPU time. Run with
+//! `cargo bench -p sluice-runner --bench reference_query`. Settings:
+//! - `SLUICE_BENCH_EVENTS`: number of events (default 5,000,000).
+//! - `SLUICE_BENCH_THREADS`: comma-separated thread counts (default `1,2`).
+//! - `SLUICE_BENCH_LATE=drop`: `lateEvents: drop` instead of the default
+//!   `deadLetter` (the late events then reach no dead-letter file).
+//! - `SLUICE_BENCH_DEDUP=1`: every event gets a unique `id` field and the
+//!   pipeline a `dedup` transform on it with a 10-minute horizon, so that the
+//!   cost of remembering and expiring ids shows (dedup runs on one thread).
+//! - `SLUICE_BENCH_DATA=<file>`: the events are read from that file,
+//!   written there first only if it does not exist (so it must hold
+//!   `SLUICE_BENCH_EVENTS` events of the same kind), and the Delta table and
+//!   checkpoints of the last run are left in `<file without extension>.sluice/`:
+//!   another engine can then run on the same events and its windows be
+//!   compared (bench/spark/run.sh).
+//!
+//! The pipeline loop reads the file and hands chunks to the engine's worker
+//! threads (with 2 or more; with 1 it processes them itself); each epoch's
+//! Delta commit and checkpoint run on the tokio runtime while the next epoch
+//! is read and processed.
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
@@ -33,7 +42,10 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(5_000_000);
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // The runner's own runtime (runner/src/main.rs): the pipeline loop runs
+    // on this thread, epochs commit on the runtime's.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
     let dedup = std::env::var_os("SLUICE_BENCH_DEDUP").is_some();
@@ -67,24 +79,112 @@ fn main() -> anyhow::Result<()> {
     } else {
         "[]"
     };
-    let manifest = format!(
-        r#"apiVersion: sluice.dev/v1alpha1
+    let late_events = match std::env::var("SLUICE_BENCH_LATE").as_deref() {
+        Ok("drop") => "drop",
+        _ => "deadLetter",
+    };
+    let threads: Vec<usize> = std::env::var("SLUICE_BENCH_THREADS")
+        .unwrap_or_else(|_| "1,2".into())
+        .split(',')
+        .map(|n| n.trim().parse())
+        .collect::<Result<_, _>>()?;
+    println!(
+        "machine: {} cores available, load average {}; lateEvents: {late_events}{}",
+        std::thread::available_parallelism().map_or(1, usize::from),
+        load_average(),
+        if dedup { "; dedup on id" } else { "" },
+    );
+    let mut runs: Vec<(usize, Run)> = Vec::new();
+    for threads in threads {
+        if out.join("table").exists() {
+            std::fs::remove_dir_all(out.join("table"))?;
+        }
+        if out.join("checkpoints").exists() {
+            std::fs::remove_dir_all(out.join("checkpoints"))?;
+        }
+        let manifest = format!(
+            r#"apiVersion: sluice.dev/v1alpha1
 kind: StreamPipeline
 metadata: {{name: bench}}
 spec:
   source:
     file: {{path: "{data}", maxLinesPerTrigger: {LINES_PER_EPOCH}}}
   transforms: {transforms}
+  lateEvents: {late_events}
 {spec}"#,
-        data = data.display(),
-        spec = common::reference_query_spec(
-            &out.join("table").display().to_string(),
-            &out.join("checkpoints").display().to_string(),
-            "10s",
-            "0s",
-        ),
-    );
-    let spec = sluice_crds::parse_pipeline(&manifest)?.spec;
+            data = data.display(),
+            spec = common::reference_query_spec(
+                &out.join("table").display().to_string(),
+                &out.join("checkpoints").display().to_string(),
+                "10s",
+                "0s",
+            ),
+        );
+        let run = run_once(&runtime, &manifest, threads)?;
+        anyhow::ensure!(
+            run.records == events as u64,
+            "read {} events from {}, expected {events}",
+            run.records,
+            data.display()
+        );
+        println!(
+            "reference query{}, file source → Delta, {threads} thread{}: {events} events in {:.2} s = {:.0} events/s; CPU {:.2} s = {:.2} µs per event ({} window rows, {} late, {} duplicates; load average after {})",
+            if dedup { " with dedup" } else { "" },
+            if threads == 1 { "" } else { "s" },
+            run.seconds,
+            events as f64 / run.seconds,
+            run.cpu_seconds,
+            run.cpu_seconds / events as f64 * 1e6,
+            run.windows,
+            run.late,
+            run.duplicates,
+            load_average(),
+        );
+        println!(
+            "  state at the end: {} open (pane, key) entries, {} dedup ids; peak resident memory so far {} MiB (an epoch's {LINES_PER_EPOCH} input lines are held while it runs)",
+            run.open_entries,
+            run.dedup_ids,
+            peak_resident_mib().map_or_else(|| "unknown".to_owned(), |mib| mib.to_string()),
+        );
+        if let Some((first_threads, first)) = runs.first() {
+            anyhow::ensure!(
+                (first.windows, first.late, first.duplicates)
+                    == (run.windows, run.late, run.duplicates),
+                "{threads} threads emitted other results than {first_threads}"
+            );
+        }
+        runs.push((threads, run));
+    }
+    if let Some((one, first)) = runs.first() {
+        for (threads, run) in &runs[1..] {
+            println!(
+                "{threads} threads vs {one}: {:.2}x the events/s, {:.2}x the CPU per event",
+                first.seconds / run.seconds,
+                run.cpu_seconds / first.cpu_seconds,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What one run of the pipeline did.
+struct Run {
+    seconds: f64,
+    cpu_seconds: f64,
+    records: u64,
+    windows: u64,
+    late: u64,
+    duplicates: u64,
+    open_entries: i64,
+    dedup_ids: i64,
+}
+
+fn run_once(
+    runtime: &tokio::runtime::Runtime,
+    manifest: &str,
+    threads: usize,
+) -> anyhow::Result<Run> {
+    let spec = sluice_crds::parse_pipeline(manifest)?.spec;
     let telemetry = Arc::new(Telemetry::new(0, 1)?);
     let identity = RunnerIdentity {
         pipeline: "bench".into(),
@@ -93,32 +193,52 @@ spec:
         repartition_topic: String::new(),
         generation: 0,
     };
-    let pipeline = Pipeline::from_spec(&spec, identity, Arc::clone(&telemetry))?;
+    let pipeline =
+        Pipeline::from_spec_on_threads(&spec, identity, Arc::clone(&telemetry), threads)?;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     let summary = runtime.block_on(pipeline.run(stop))?;
     let seconds = started.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        summary.counts.records == events as u64,
-        "read {} events from {}, expected {events}",
-        summary.counts.records,
-        data.display()
-    );
-    println!(
-        "reference query{}, file source → Delta: {events} events in {seconds:.2} s = {:.0} events/s on one core ({} window rows, {} late, {} duplicates)",
-        if dedup { " with dedup" } else { "" },
-        events as f64 / seconds,
-        summary.counts.windows,
-        summary.counts.late,
-        summary.counts.duplicates,
-    );
-    println!(
-        "state at the end: {} open (pane, key) entries, {} dedup ids; peak resident memory {} MiB (an epoch's {LINES_PER_EPOCH} input lines are held while it runs)",
-        telemetry.open_window_entries.get(),
-        telemetry.dedup_remembered_ids.get(),
-        peak_resident_mib().map_or_else(|| "unknown".to_owned(), |mib| mib.to_string()),
-    );
-    Ok(())
+    Ok(Run {
+        seconds,
+        cpu_seconds: process_cpu_seconds() - cpu_before,
+        records: summary.counts.records,
+        windows: summary.counts.windows,
+        late: summary.counts.late,
+        duplicates: summary.counts.duplicates,
+        open_entries: telemetry.open_window_entries.get(),
+        dedup_ids: telemetry.dedup_remembered_ids.get(),
+    })
+}
+
+/// User and system CPU time of this process, all threads (Linux `/proc`,
+/// in the kernel's 100 Hz ticks); 0 elsewhere.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (in parentheses): utime and stime are
+    // the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The 1-, 5- and 15-minute load averages (Linux).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// The process's peak resident set (`VmHWM`), on Linux.
@@ -145,6 +265,7 @@ async fn write_events(path: &std::path::Path, n: i64, ids: bool) -> anyhow::Resu
         replica: 0,
         replicas: 1,
         max_records_per_epoch: n,
+        read_ahead: false,
     };
     let mut generator = source::GeneratorSource::new(&spec, &context)?;
     let Planned::Ranges(ranges) = source::Source::plan(&mut generator, &Positions::new()).await?

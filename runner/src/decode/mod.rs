@@ -85,7 +85,7 @@ impl Decoder {
             tree: PathTree::new(&paths),
             paths,
             timestamp_format: format.timestamp_format,
-            rfc3339: Rfc3339Parser::default(),
+            rfc3339: Rfc3339Parser,
         }
     }
 

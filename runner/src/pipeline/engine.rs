@@ -9,6 +9,13 @@
 //! heartbeats cannot hold the watermark back. A time further ahead of the
 //! clock than `maxEventTimeAhead` (measured from when the epoch was planned,
 //! so a replay decides the same) is malformed and moves nothing.
+//!
+//! Chunks are processed on worker threads ([`super::workers`]) when the
+//! engine has several and no step depends on the events before it (dedup,
+//! the key-group stage's repartition records): everything an event's fate
+//! depends on is fixed for the epoch (the plan, the watermark in force), and
+//! the chunks' results are added to the epoch in the order the chunks were
+//! read, so the output is the one a single thread produces.
 
 use std::sync::Arc;
 
@@ -23,14 +30,18 @@ use arrow::{
 use jiff::Timestamp;
 use sluice_crds::{LateEventPolicy, OutputMode, StreamPipelineSpec};
 
+use super::{
+    events::{ChunkWork, EpochInputs, EventStage, Windowing},
+    workers::{ChunkError, Pending, Workers},
+};
 use crate::{
     checkpoint::EpochPlan,
     dead_letter::{DeadEvent, Reason},
     decode::{Decoder, FieldValue},
     shuffle::{KeyGroups, KeyGroupsState, Partials, ShuffleRecord},
     source::{Chunk, PartitionId},
-    transform::{self, Clock, DedupState, Outcome, TransformError, Transforms},
-    window::{AggregateKind, GroupKey, WindowKind, WindowRows, WindowState, Windows},
+    transform::{self, Clock, DedupMemory, DedupState, TransformError, Transforms},
+    window::{AggregateKind, WindowKind, WindowRows, WindowState, Windows},
 };
 
 /// What an engine does with the events it keeps.
@@ -62,6 +73,10 @@ pub enum EngineError {
     KeyGroup(#[from] crate::shuffle::KeyGroupError),
     #[error("repartition topic record {0}")]
     Repartition(String),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[from] rayon::ThreadPoolBuildError),
 }
 
 /// Counts of one epoch.
@@ -144,36 +159,35 @@ enum Aggregation {
 struct WindowStage {
     aggregation: Aggregation,
     rows: WindowRows,
-    group_slots: Vec<usize>,
-    /// Per aggregate: the input field's slot (`None`: `count: {}`), and
-    /// whether only presence matters (`count` with a field).
-    inputs: Vec<(Option<usize>, bool)>,
 }
 
 /// The epoch being processed.
 pub struct EpochRun {
-    partitions: Vec<PartitionId>,
+    inputs: Arc<EpochInputs>,
     /// Per range: the largest valid event time read, before transforms.
     max_time: Vec<Option<i64>>,
-    /// Event times after this are malformed (milliseconds since the Unix epoch).
-    time_ceiling: i64,
     dead: Vec<DeadEvent>,
     counts: EpochCounts,
-    events: Option<EventRows>,
-    /// The first repartition record that could not be applied: the epoch fails.
+    /// Event rows, one batch per chunk, when a sink reads events.
+    events: Vec<RecordBatch>,
+    /// Chunks on worker threads.
+    pending: Pending,
+    /// The first chunk or repartition record that could not be processed:
+    /// the epoch fails.
     failure: Option<EngineError>,
 }
 
 pub struct Engine {
-    decoder: Decoder,
-    transforms: Transforms,
-    /// Computed fields (name, slot), merged into event rows.
-    computed: Vec<(String, usize)>,
+    stage: Arc<EventStage>,
+    /// The dedup steps' memory: with dedup steps, chunks are processed here,
+    /// one after the other.
+    memory: DedupMemory,
     window: Option<WindowStage>,
-    late_policy: LateEventPolicy,
     wants_events: bool,
     /// `spec.window.maxEventTimeAhead` in milliseconds (no bound without a window).
     max_time_ahead: Option<i64>,
+    /// Worker threads, when there are several and chunks may use them.
+    workers: Option<Workers>,
 }
 
 impl Engine {
@@ -200,13 +214,14 @@ impl Engine {
         }
         let decoder = Decoder::new(&spec.format.json, fields);
         let slot = |path: &str| decoder.slot(path);
-        let transforms = Transforms::new(&spec.transforms, slot)?;
+        let (transforms, memory) = Transforms::new(&spec.transforms, slot)?;
         let computed = spec
             .transforms
             .iter()
             .filter_map(|t| t.compute.as_ref())
             .filter_map(|c| Some((c.field.clone(), decoder.slot(&c.field)?)))
             .collect();
+        let mut windowing = None;
         let window = match &spec.window {
             None => None,
             Some(window) => {
@@ -237,6 +252,12 @@ impl Engine {
                         OutputMode::Update => windows.emitting_updates(),
                     }
                 };
+                windowing = Some(Windowing {
+                    group_slots,
+                    inputs,
+                    pane: new_windows().pane(),
+                    aggregates: named.iter().map(|(_, k)| *k).collect(),
+                });
                 let aggregation = match role {
                     Role::Whole => Aggregation::Windows(new_windows()),
                     Role::SourceStage {
@@ -261,23 +282,49 @@ impl Engine {
                 Some(WindowStage {
                     aggregation,
                     rows: WindowRows::new(&window.group_by, &named),
-                    group_slots,
-                    inputs,
                 })
             }
         };
         Ok(Self {
-            decoder,
-            transforms,
-            computed,
+            stage: Arc::new(EventStage {
+                decoder,
+                transforms,
+                computed,
+                windowing,
+                late_policy: spec.late_events,
+            }),
+            memory,
             window,
-            late_policy: spec.late_events,
             wants_events,
             max_time_ahead: spec
                 .window
                 .as_ref()
                 .map(|w| w.max_event_time_ahead.as_millis_i64()),
+            workers: None,
         })
+    }
+
+    /// Processes chunks on `threads` worker threads, when that can give the
+    /// output one thread gives: not with dedup steps (each event's fate
+    /// depends on the ids before it) nor in the key-group stage (its records
+    /// apply in order).
+    pub fn with_workers(mut self, threads: usize) -> Result<Self, EngineError> {
+        let sequential = self.stage.transforms.has_dedup()
+            || matches!(
+                self.window.as_ref().map(|w| &w.aggregation),
+                Some(Aggregation::KeyGroups(_))
+            );
+        self.workers = if threads > 1 && !sequential {
+            Some(Workers::new(threads)?)
+        } else {
+            None
+        };
+        Ok(self)
+    }
+
+    /// Threads chunks are processed on.
+    pub fn threads(&self) -> usize {
+        self.workers.as_ref().map_or(1, Workers::threads)
     }
 
     /// Schema of window rows, when the pipeline has windows.
@@ -332,12 +379,12 @@ impl Engine {
 
     /// The dedup transforms' memory, in transform order.
     pub fn dedup_snapshot(&self) -> Vec<DedupState> {
-        self.transforms.snapshot()
+        self.memory.snapshot()
     }
 
     /// Ids remembered by dedup transforms, for metrics.
     pub fn remembered_ids(&self) -> usize {
-        self.transforms.remembered_ids()
+        self.memory.remembered_ids()
     }
 
     pub fn restore(
@@ -351,7 +398,7 @@ impl Engine {
             Some(Aggregation::KeyGroups(groups)) => groups.restore(key_groups),
             Some(Aggregation::Partials { .. }) | None => {}
         }
-        self.transforms.restore(dedup);
+        self.memory.restore(dedup);
     }
 
     pub fn begin_epoch(&mut self, plan: &EpochPlan) -> EpochRun {
@@ -363,168 +410,81 @@ impl Engine {
         {
             partials.begin(ranges.len());
         }
+        let lateness = match self.window.as_ref().map(|w| &w.aggregation) {
+            Some(Aggregation::Windows(windows)) => Some(windows.lateness_rule()),
+            _ => None,
+        };
         EpochRun {
-            partitions: ranges.iter().map(|r| r.partition.clone()).collect(),
+            inputs: Arc::new(EpochInputs {
+                partitions: ranges.iter().map(|r| r.partition.clone()).collect(),
+                time_ceiling: match (plan.planned_at, self.max_time_ahead) {
+                    (Some(planned_at), Some(ahead)) => planned_at.saturating_add(ahead),
+                    _ => i64::MAX,
+                },
+                lateness,
+                wants_events: self.wants_events,
+            }),
             max_time: vec![None; ranges.len()],
-            time_ceiling: match (plan.planned_at, self.max_time_ahead) {
-                (Some(planned_at), Some(ahead)) => planned_at.saturating_add(ahead),
-                _ => i64::MAX,
-            },
             dead: Vec::new(),
             counts: EpochCounts::default(),
-            events: self.wants_events.then(EventRows::default),
+            events: Vec::new(),
+            pending: Pending::default(),
             failure: None,
         }
     }
 
-    /// Processes one chunk of the epoch.
-    pub fn process(&mut self, run: &mut EpochRun, chunk: &Chunk) {
-        let range = chunk
-            .range_index
-            .min(run.partitions.len().saturating_sub(1));
-        let partition = &run.partitions[range];
+    /// Processes one chunk of the epoch: hands it to a worker, or processes
+    /// it here; results are added to the epoch in chunk order.
+    pub fn process(&mut self, run: &mut EpochRun, chunk: Chunk) {
         if let Some(WindowStage {
             aggregation: Aggregation::KeyGroups(groups),
             ..
         }) = &mut self.window
         {
-            let group = u32::try_from(partition.partition).unwrap_or_default();
-            for record in chunk.iter() {
-                let applied = serde_json::from_slice::<ShuffleRecord>(record.payload)
-                    .map_err(|error| {
-                        EngineError::Repartition(format!(
-                            "{partition} at offset {}: {error}",
-                            record.offset
-                        ))
-                    })
-                    .and_then(|shuffled| {
-                        Ok(groups.apply(
-                            group,
-                            shuffled,
-                            &mut run.counts,
-                            &mut run.dead,
-                            self.late_policy == LateEventPolicy::DeadLetter,
-                        )?)
-                    });
-                if let Err(error) = applied {
-                    run.failure.get_or_insert(error);
-                }
-            }
+            apply_repartition_records(groups, run, &chunk, self.stage.late_policy);
             return;
         }
-        let mut values: Vec<FieldValue<'_>> = Vec::with_capacity(self.decoder.paths().len());
-        let mut key = Vec::with_capacity(64);
-        let mut inputs: Vec<Option<f64>> = Vec::new();
-        let mut max_time = run.max_time[range];
-        for rejected in chunk.rejected() {
-            run.counts.malformed += 1;
-            run.dead.push(DeadEvent {
-                reason: Reason::Malformed(rejected.reason.clone()),
-                partition: partition.clone(),
-                offset: rejected.offset,
-                payload: rejected.payload.clone(),
-                extras: None,
-            });
-        }
-        for record in chunk.iter() {
-            run.counts.records += 1;
-            let dead = |reason| DeadEvent::new(reason, partition, &record);
-            let mut time = match self.decoder.decode(record.payload, &mut values) {
-                Ok(time) if time > run.time_ceiling => {
-                    run.counts.malformed += 1;
-                    run.dead.push(dead(Reason::Malformed(format!(
-                        "the event time {} is after {}: further ahead of the clock (when its epoch was planned) than spec.window.maxEventTimeAhead allows",
-                        rfc3339(time),
-                        rfc3339(run.time_ceiling),
-                    ))));
-                    continue;
-                }
-                Ok(time) => time,
-                Err(reason) => {
-                    run.counts.malformed += 1;
-                    run.dead.push(dead(Reason::Malformed(reason)));
-                    continue;
-                }
-            };
-            max_time = Some(max_time.map_or(time, |max| max.max(time)));
-            if !self.transforms.is_empty() {
-                match self
-                    .transforms
-                    .apply(record.payload, &mut values, &mut time, &self.decoder)
-                {
-                    Ok(Outcome::Keep) => {}
-                    Ok(Outcome::Drop) => {
-                        run.counts.filtered += 1;
-                        continue;
-                    }
-                    Ok(Outcome::Duplicate) => {
-                        run.counts.duplicates += 1;
-                        continue;
-                    }
-                    Err(reason) => {
-                        run.counts.transform_failed += 1;
-                        run.dead.push(dead(Reason::Transform(reason)));
-                        continue;
-                    }
+        match &self.workers {
+            Some(workers) => {
+                run.pending.send(workers, &self.stage, &run.inputs, chunk);
+                let ready = run.pending.take(workers, false);
+                for outcome in ready {
+                    self.absorb(run, outcome);
                 }
             }
-            if let Some(stage) = &mut self.window {
-                // Lateness is decided where the watermark is: here, or in
-                // the key groups for pre-aggregates.
-                if let Aggregation::Windows(windows) = &stage.aggregation {
-                    let lateness = windows.lateness(time);
-                    run.counts.late_windows += u64::from(lateness.closed);
-                    if lateness.is_late() {
-                        run.counts.late += 1;
-                        if self.late_policy == LateEventPolicy::DeadLetter {
-                            let watermark = windows.watermark().unwrap_or_default();
-                            run.dead.push(dead(Reason::Late {
-                                event_time: rfc3339(time),
-                                watermark: rfc3339(watermark),
-                            }));
-                        }
-                        continue;
-                    }
-                }
-                inputs.clear();
-                let mut bad_input = None;
-                for (slot, presence_only) in &stage.inputs {
-                    let value = slot.map_or(&FieldValue::Int(1), |slot| &values[slot]);
-                    inputs.push(match (presence_only, value) {
-                        (_, FieldValue::Missing | FieldValue::Null) => None,
-                        (true, _) => Some(1.0),
-                        (false, value) => match value.as_number() {
-                            Ok(number) => number,
-                            Err(reason) => {
-                                bad_input = Some(reason);
-                                None
-                            }
-                        },
-                    });
-                }
-                if let Some(reason) = bad_input {
-                    run.counts.malformed += 1;
-                    run.dead.push(dead(Reason::Malformed(reason)));
-                    continue;
-                }
-                key.clear();
-                for slot in &stage.group_slots {
-                    GroupKey::encode_value(&values[*slot], &mut key);
-                }
-                match &mut stage.aggregation {
-                    Aggregation::Windows(windows) => windows.add(time, &key, &inputs),
-                    Aggregation::Partials { partials, .. } => {
-                        partials.add(range, time, &key, &inputs);
-                    }
-                    Aggregation::KeyGroups(_) => {}
-                }
-            }
-            if let Some(events) = &mut run.events {
-                let event = merge_computed(record.payload, &self.computed, &values);
-                events.push(partition, record.offset, time, &event);
+            None => {
+                let outcome = self.stage.process(&run.inputs, &chunk, &mut self.memory);
+                self.absorb(run, outcome);
             }
         }
-        run.max_time[range] = max_time;
+    }
+
+    /// Adds one chunk's result to the epoch (chunks in the order they were read).
+    fn absorb(&mut self, run: &mut EpochRun, outcome: Result<ChunkWork, ChunkError>) {
+        let work = match outcome {
+            Ok(work) => work,
+            Err(error) => {
+                run.failure.get_or_insert(error.into());
+                return;
+            }
+        };
+        run.counts += work.counts;
+        if let Some(max) = work.max_time
+            && let Some(range_max) = run.max_time.get_mut(work.range)
+        {
+            *range_max = Some(range_max.map_or(max, |m| m.max(max)));
+        }
+        run.dead.extend(work.dead);
+        run.events.extend(work.events);
+        if let (Some(additions), Some(stage)) = (work.additions, &mut self.window) {
+            match &mut stage.aggregation {
+                Aggregation::Windows(windows) => additions.apply_to(windows),
+                Aggregation::Partials { partials, .. } => {
+                    additions.apply_to(&mut partials.range(work.range));
+                }
+                Aggregation::KeyGroups(_) => {}
+            }
+        }
     }
 
     /// Ends the epoch: advances the watermark and emits closed windows.
@@ -533,6 +493,12 @@ impl Engine {
         run: EpochRun,
         plan: &EpochPlan,
     ) -> Result<EpochOutput, EngineError> {
+        let mut run = run;
+        if let Some(workers) = &self.workers {
+            for outcome in run.pending.take(workers, true) {
+                self.absorb(&mut run, outcome);
+            }
+        }
         if let Some(failure) = run.failure {
             return Err(failure);
         }
@@ -551,7 +517,8 @@ impl Engine {
         {
             shuffle = partials.finish(&plan.ranges, &run.max_time, &plan.idle, *replica, *replicas);
         }
-        let maxima: Vec<_> = run.partitions.into_iter().zip(run.max_time).collect();
+        let partitions = run.inputs.partitions.iter().cloned();
+        let maxima: Vec<_> = partitions.zip(run.max_time).collect();
         let progressed = maxima
             .iter()
             .filter(|(_, max)| max.is_some())
@@ -575,8 +542,15 @@ impl Engine {
             }
             _ => None,
         };
-        self.transforms.finish_epoch(clock);
-        let events = run.events.map(EventRows::finish).transpose()?;
+        self.memory.finish_epoch(clock);
+        let events = match run.events.split_first() {
+            Some((first, _)) if self.wants_events => Some(arrow::compute::concat_batches(
+                &first.schema(),
+                &run.events,
+            )?),
+            _ if self.wants_events => Some(EventRows::default().finish()?),
+            _ => None,
+        };
         Ok(EpochOutput {
             progressed,
             windows,
@@ -588,6 +562,42 @@ impl Engine {
     }
 }
 
+/// The key-group stage's work on one chunk of repartition records, in order.
+fn apply_repartition_records(
+    groups: &mut KeyGroups,
+    run: &mut EpochRun,
+    chunk: &Chunk,
+    late_policy: LateEventPolicy,
+) {
+    let partitions = &run.inputs.partitions;
+    let Some(partition) = partitions.get(chunk.range_index.min(partitions.len().saturating_sub(1)))
+    else {
+        return;
+    };
+    let group = u32::try_from(partition.partition).unwrap_or_default();
+    for record in chunk.iter() {
+        let applied = serde_json::from_slice::<ShuffleRecord>(record.payload)
+            .map_err(|error| {
+                EngineError::Repartition(format!(
+                    "{partition} at offset {}: {error}",
+                    record.offset
+                ))
+            })
+            .and_then(|shuffled| {
+                Ok(groups.apply(
+                    group,
+                    shuffled,
+                    &mut run.counts,
+                    &mut run.dead,
+                    late_policy == LateEventPolicy::DeadLetter,
+                )?)
+            });
+        if let Err(error) = applied {
+            run.failure.get_or_insert(error);
+        }
+    }
+}
+
 /// RFC 3339 text of a time in milliseconds.
 pub fn rfc3339(millis: i64) -> String {
     Timestamp::from_millisecond(millis)
@@ -596,7 +606,7 @@ pub fn rfc3339(millis: i64) -> String {
 }
 
 /// The event's JSON text, with computed fields set (parsed only when there are any).
-fn merge_computed<'a>(
+pub(super) fn merge_computed<'a>(
     payload: &'a [u8],
     computed: &[(String, usize)],
     values: &[FieldValue<'_>],
@@ -629,7 +639,7 @@ fn to_json(value: &FieldValue<'_>) -> serde_json::Value {
 
 /// Builds event rows (the schema is described in [`crate::sink`]).
 #[derive(Default)]
-struct EventRows {
+pub(super) struct EventRows {
     stream: StringBuilder,
     partition: Int32Builder,
     offset: Int64Builder,
@@ -638,7 +648,7 @@ struct EventRows {
 }
 
 impl EventRows {
-    fn push(&mut self, partition: &PartitionId, offset: i64, time: i64, event: &str) {
+    pub(super) fn push(&mut self, partition: &PartitionId, offset: i64, time: i64, event: &str) {
         self.stream.append_value(&partition.stream);
         self.partition.append_value(partition.partition);
         self.offset.append_value(offset);
@@ -646,7 +656,7 @@ impl EventRows {
         self.event.append_value(event);
     }
 
-    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
+    pub(super) fn finish(mut self) -> Result<RecordBatch, ArrowError> {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.stream.finish()),
             Arc::new(self.partition.finish()),
@@ -750,7 +760,7 @@ mod tests {
         for (i, event) in events.iter().enumerate() {
             chunk.push(event.as_bytes(), i as i64);
         }
-        engine.process(&mut run, &chunk);
+        engine.process(&mut run, chunk);
         engine.finish_epoch(run, &plan).unwrap()
     }
 
@@ -913,9 +923,144 @@ mod tests {
             for (i, event) in events.iter().enumerate() {
                 chunk.push(event.as_bytes(), from + i as i64);
             }
-            engine.process(&mut run, &chunk);
+            engine.process(&mut run, chunk);
         }
         engine.finish_epoch(run, &plan).unwrap()
+    }
+
+    /// Runs one epoch of `engine` with each partition's events cut into
+    /// chunks of `chunk_len`, the partitions' chunks interleaved.
+    fn run_epoch_in_chunks(
+        engine: &mut Engine,
+        epoch: u64,
+        partitions: &[(i32, &[String], i64)],
+        chunk_len: usize,
+    ) -> EpochOutput {
+        let plan = EpochPlan {
+            epoch,
+            ranges: partitions
+                .iter()
+                .map(|(partition, events, from)| PartitionRange {
+                    partition: PartitionId::new("events", *partition),
+                    start: Position::Offset(*from),
+                    end: Position::Offset(from + events.len() as i64),
+                })
+                .collect(),
+            idle: Vec::new(),
+            planned_at: Some(1_795_514_400_000),
+        };
+        let mut run = engine.begin_epoch(&plan);
+        let mut chunks: Vec<Vec<Chunk>> = partitions
+            .iter()
+            .enumerate()
+            .map(|(index, (_, events, from))| {
+                events
+                    .chunks(chunk_len)
+                    .enumerate()
+                    .map(|(c, part)| {
+                        let mut chunk = Chunk::new(index);
+                        for (i, event) in part.iter().enumerate() {
+                            chunk.push(event.as_bytes(), from + (c * chunk_len + i) as i64);
+                        }
+                        chunk
+                    })
+                    .rev()
+                    .collect()
+            })
+            .collect();
+        while chunks.iter().any(|c| !c.is_empty()) {
+            for partition in &mut chunks {
+                if let Some(chunk) = partition.pop() {
+                    engine.process(&mut run, chunk);
+                }
+            }
+        }
+        engine.finish_epoch(run, &plan).unwrap()
+    }
+
+    #[test]
+    fn worker_threads_and_chunk_sizes_do_not_change_an_epochs_output() {
+        let aggregations = [
+            serde_json::json!([{"name": "n", "count": {}}, {"name": "with_value", "count": {"field": "value"}}]),
+            serde_json::json!([
+                {"name": "n", "count": {}},
+                {"name": "total", "sum": {"field": "value"}},
+                {"name": "mean", "avg": {"field": "value"}},
+                {"name": "low", "min": {"field": "value"}},
+            ]),
+        ];
+        let mut events = scattered_events(3, 4);
+        for (epoch, by_partition) in events.iter_mut().enumerate() {
+            for (partition, events) in by_partition.iter_mut().enumerate() {
+                // Malformed events, and fractional values whose sums depend
+                // on the order they are added in.
+                events.insert(10 + epoch + partition, "not json".to_owned());
+                events[40 + epoch * 7 + partition] = format!(
+                    r#"{{"timestamp":"{}","user":"u1","value":{}}}"#,
+                    rfc3339(1_795_514_400_000 + epoch as i64 * 300_000),
+                    0.1 + (epoch * 3 + partition) as f64 * 1e-17
+                );
+            }
+        }
+        for aggregations in aggregations {
+            let spec = spec(serde_json::json!({"window": {
+                "sliding": {"size": "5m", "slide": "1m"},
+                "watermark": "2m",
+                "groupBy": ["user"],
+                "aggregations": aggregations,
+            }}));
+            let outputs = |threads: usize, chunk_len: usize| {
+                let mut engine = Engine::new(&spec, true, Role::Whole)
+                    .unwrap()
+                    .with_workers(threads)
+                    .unwrap();
+                assert_eq!(engine.threads(), threads);
+                let outputs: Vec<EpochOutput> = events
+                    .iter()
+                    .enumerate()
+                    .map(|(epoch, by_partition)| {
+                        let all: Vec<(i32, &[String], i64)> = by_partition
+                            .iter()
+                            .enumerate()
+                            .map(|(p, e)| (p as i32, e.as_slice(), (epoch * 1000) as i64))
+                            .collect();
+                        run_epoch_in_chunks(&mut engine, epoch as u64, &all, chunk_len)
+                    })
+                    .collect();
+                (outputs, engine.snapshot())
+            };
+            for chunk_len in [1000, 7, 1] {
+                let (one, one_state) = outputs(1, chunk_len);
+                let late: u64 = one.iter().map(|o| o.counts.late).sum();
+                let dead: usize = one.iter().map(|o| o.dead.len()).sum();
+                assert!(late > 0 && dead as u64 > late, "late {late}, dead {dead}");
+                assert!(row_lines(&one).len() > 20);
+                for threads in [2, 4] {
+                    let (many, state) = outputs(threads, chunk_len);
+                    let at = format!("{threads} threads, chunks of {chunk_len}");
+                    assert_eq!(state, one_state, "{at}");
+                    for (a, b) in one.iter().zip(&many) {
+                        assert_eq!(a.windows, b.windows, "{at}");
+                        assert_eq!(a.events, b.events, "{at}");
+                        assert_eq!(a.dead, b.dead, "{at}");
+                        assert_eq!(a.counts, b.counts, "{at}");
+                        assert_eq!(a.progressed, b.progressed, "{at}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_an_engine_on_one_thread() {
+        let spec = spec(serde_json::json!({"transforms": [
+            {"dedup": {"idField": "user", "horizon": "10m"}},
+        ]}));
+        let engine = Engine::new(&spec, false, Role::Whole)
+            .unwrap()
+            .with_workers(4)
+            .unwrap();
+        assert_eq!(engine.threads(), 1);
     }
 
     /// Window rows as sorted lines, whatever epoch or batch wrote them.

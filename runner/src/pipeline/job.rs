@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::{
     Pipeline, PipelineError, Role, RunSummary, RunnerIdentity, handover, retrying, sinks_from_spec,
-    source_context,
+    source_context, worker_threads,
 };
 use crate::{
     checkpoint::Stage,
@@ -62,7 +62,8 @@ impl Job {
         let topic = Arc::new(
             RepartitionTopic::ensure(&connection, &identity.repartition_topic, key_groups).await?,
         );
-        let context = source_context(&identity);
+        let threads = worker_threads();
+        let context = source_context(&identity, threads);
         let source_stage = Pipeline::new(
             spec,
             identity.clone(),
@@ -74,6 +75,7 @@ impl Job {
             source::from_spec(&spec.source, &context, &telemetry.source_requests)?,
             sinks_from_spec(spec, &telemetry, |input| input == SinkInput::Events)?,
             telemetry.clone(),
+            threads,
         )?
         .sending_to(topic.clone());
         // Key group g is partition g; replica r owns g % replicas == r, as
@@ -95,6 +97,7 @@ impl Job {
             )?),
             sinks_from_spec(spec, &telemetry, |input| input == SinkInput::Windows)?,
             telemetry,
+            threads,
         )?;
         Ok(Self {
             stages: vec![source_stage, key_group_stage],

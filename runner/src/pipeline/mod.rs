@@ -5,8 +5,10 @@
 //! spec to implementations.
 
 mod engine;
+mod events;
 mod handover;
 mod job;
+mod workers;
 
 use std::{
     collections::HashMap,
@@ -21,6 +23,7 @@ use tokio::sync::watch;
 pub use self::{
     engine::{Engine, EngineError, EpochCounts, EpochOutput, Role, event_schema, rfc3339},
     job::Job,
+    workers::{WORKER_THREADS_VARIABLE, worker_threads},
 };
 use crate::{
     checkpoint::{
@@ -59,12 +62,13 @@ fn refused_events(
         .collect()
 }
 
-/// The source settings of a replica.
-fn source_context(identity: &RunnerIdentity) -> SourceContext {
+/// The source settings of a replica whose engine has `threads` threads.
+fn source_context(identity: &RunnerIdentity, threads: usize) -> SourceContext {
     SourceContext {
         replica: identity.replica,
         replicas: identity.replicas,
         max_records_per_epoch: DEFAULT_MAX_RECORDS_PER_EPOCH,
+        read_ahead: threads > 1,
     }
 }
 
@@ -122,6 +126,8 @@ pub enum PipelineError {
     Unmergeable { lanes: usize },
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    #[error("the commit of epoch {epoch} stopped: {message}")]
+    CommitLost { epoch: u64, message: String },
     #[error(
         "the checkpoint store holds plans for epochs {found:?} after checkpoint {checkpoint:?}; expected consecutive epochs"
     )]
@@ -151,6 +157,7 @@ impl PipelineError {
             | Self::UnfinishedLane { .. }
             | Self::Unmergeable { .. }
             | Self::Storage(_)
+            | Self::CommitLost { .. }
             | Self::PlanGap { .. } => false,
         }
     }
@@ -234,14 +241,128 @@ pub struct RunSummary {
     pub exhausted: bool,
 }
 
+/// Where an epoch's results go.
+struct Outputs {
+    sinks: Vec<ConfiguredSink>,
+    dead_letter: Box<dyn DeadLetter>,
+}
+
+/// An epoch whose outputs are being committed in the background.
+struct Commit {
+    epoch: u64,
+    /// When the epoch's processing started.
+    started: Instant,
+    figures: EngineFigures,
+    task: tokio::task::JoinHandle<Returned>,
+}
+
+/// What a background commit gives back: the outputs it borrowed, and how it went.
+struct Returned {
+    outputs: Outputs,
+    result: Result<Committed, PipelineError>,
+}
+
+/// A committed epoch.
+struct Committed {
+    /// The epoch's counts, with the rows the sinks refused.
+    counts: EpochCounts,
+    checkpoint: Option<Written>,
+}
+
+/// A checkpoint written, and how long that took.
+struct Written {
+    checkpoint: Checkpoint,
+    took: Duration,
+}
+
+/// The engine's figures after an epoch.
+#[derive(Clone, Copy)]
+struct EngineFigures {
+    remembered_ids: usize,
+    computes_windows: bool,
+    watermark: Option<i64>,
+    open_entries: usize,
+}
+
+/// Commits one epoch: its rows to each sink, then its dead events (with the
+/// rows the sinks refused), then, if given, the checkpoint of the state
+/// after it. `key` names the epoch (its `sink` is set per output).
+async fn commit(
+    mut outputs: Outputs,
+    key: EpochKey,
+    output: EpochOutput,
+    checkpoint: Option<Checkpoint>,
+    store: Arc<dyn CheckpointStore>,
+) -> Returned {
+    let result = write_outputs(&mut outputs, key, output, checkpoint, store.as_ref()).await;
+    Returned { outputs, result }
+}
+
+async fn write_outputs(
+    outputs: &mut Outputs,
+    key: EpochKey,
+    mut output: EpochOutput,
+    checkpoint: Option<Checkpoint>,
+    store: &dyn CheckpointStore,
+) -> Result<Committed, PipelineError> {
+    let key = |sink: &str| EpochKey {
+        sink: sink.to_owned(),
+        ..key.clone()
+    };
+    for ConfiguredSink { name, input, sink } in &mut outputs.sinks {
+        let rows: Vec<RecordBatch> = match input {
+            SinkInput::Windows => output.windows.iter().cloned().collect(),
+            SinkInput::Events => output.events.iter().cloned().collect(),
+        };
+        if rows.iter().all(|b| b.num_rows() == 0) {
+            continue;
+        }
+        let outcome = sink.write_epoch(&key(name), &rows).await?;
+        tracing::debug!(
+            epoch = key(name).epoch,
+            sink = name.as_str(),
+            ?outcome,
+            "sink written"
+        );
+        if let WriteOutcome::Written { refused, .. } = outcome {
+            output.counts.refused += refused.len() as u64;
+            output.dead.extend(refused_events(name, &rows, refused)?);
+        }
+    }
+    if !output.dead.is_empty() {
+        outputs
+            .dead_letter
+            .write_epoch(&key("dead-letter"), &output.dead)
+            .await?;
+    }
+    let checkpoint = match checkpoint {
+        Some(checkpoint) => {
+            let started = Instant::now();
+            store.put_checkpoint(&checkpoint).await?;
+            Some(Written {
+                checkpoint,
+                took: started.elapsed(),
+            })
+        }
+        None => None,
+    };
+    Ok(Committed {
+        counts: output.counts,
+        checkpoint,
+    })
+}
+
 pub struct Pipeline {
     identity: RunnerIdentity,
     lane: Lane,
     source: Box<dyn Source>,
     /// A source stage's output: the repartition topic.
     repartition: Option<std::sync::Arc<RepartitionTopic>>,
-    sinks: Vec<ConfiguredSink>,
-    dead_letter: Box<dyn DeadLetter>,
+    /// The sinks and the dead-letter output; away (`None`) while a
+    /// background commit writes to them.
+    outputs: Option<Outputs>,
+    /// The last epoch's commit, running while the next epoch is processed.
+    committing: Option<Commit>,
     checkpoints: Arc<dyn CheckpointStore>,
     engine: Engine,
     telemetry: Arc<Telemetry>,
@@ -271,17 +392,37 @@ impl Pipeline {
         identity: RunnerIdentity,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self, PipelineError> {
+        Self::from_spec_on_threads(spec, identity, telemetry, worker_threads())
+    }
+
+    /// [`Pipeline::from_spec`] with `threads` worker threads instead of
+    /// [`worker_threads`]'s number (benchmarks compare thread counts).
+    pub fn from_spec_on_threads(
+        spec: &StreamPipelineSpec,
+        identity: RunnerIdentity,
+        telemetry: Arc<Telemetry>,
+        threads: usize,
+    ) -> Result<Self, PipelineError> {
         let source = source::from_spec(
             &spec.source,
-            &source_context(&identity),
+            &source_context(&identity, threads),
             &telemetry.source_requests,
         )?;
         let sinks = sinks_from_spec(spec, &telemetry, |_| true)?;
-        Self::new(spec, identity, Role::Whole, source, sinks, telemetry)
+        Self::new(
+            spec,
+            identity,
+            Role::Whole,
+            source,
+            sinks,
+            telemetry,
+            threads,
+        )
     }
 
-    /// A pipeline, or one stage of it, over a given source and sinks; the
-    /// dead-letter output and checkpoints come from the spec.
+    /// A pipeline, or one stage of it, over a given source and sinks, its
+    /// engine on `threads` threads; the dead-letter output and checkpoints
+    /// come from the spec.
     pub fn new(
         spec: &StreamPipelineSpec,
         identity: RunnerIdentity,
@@ -289,6 +430,7 @@ impl Pipeline {
         source: Box<dyn Source>,
         sinks: Vec<ConfiguredSink>,
         telemetry: Arc<Telemetry>,
+        threads: usize,
     ) -> Result<Self, PipelineError> {
         let lane = Lane {
             stage: match role {
@@ -306,14 +448,14 @@ impl Pipeline {
         )?;
         let checkpoints = Arc::new(ObjectStoreCheckpoints::open(&spec.checkpoint.uri, lane)?);
         let wants_events = sinks.iter().any(|s| s.input == SinkInput::Events);
-        let engine = Engine::new(spec, wants_events, role)?;
+        let engine = Engine::new(spec, wants_events, role)?.with_workers(threads)?;
         Ok(Self {
             identity,
             lane,
             source,
             repartition: None,
-            sinks,
-            dead_letter,
+            outputs: Some(Outputs { sinks, dead_letter }),
+            committing: None,
             checkpoints,
             engine,
             telemetry,
@@ -363,9 +505,7 @@ impl Pipeline {
             self.run_epochs(stop).await
         })
         .await?;
-        if self.last_checkpoint != self.last_epoch {
-            self.checkpoint().await?;
-        }
+        self.checkpoint().await?;
         self.finish_pruning().await;
         self.summary.last_epoch = self.last_epoch;
         self.summary.watermark = self.engine.watermark();
@@ -374,8 +514,18 @@ impl Pipeline {
 
     /// Opens the sinks (if an earlier attempt did not), recovers from the
     /// checkpoint store, then runs epochs until the source is exhausted or
-    /// `stop` turns true.
+    /// `stop` turns true; ends with the last epoch's commit finished,
+    /// whatever happened.
     async fn run_epochs(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), PipelineError> {
+        let ran = self.recover_and_run_epochs(stop).await;
+        let committed = self.finish_commit().await;
+        ran.and(committed)
+    }
+
+    async fn recover_and_run_epochs(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), PipelineError> {
         if !self.sinks_open {
             self.open_sinks().await?;
             self.sinks_open = true;
@@ -405,14 +555,13 @@ impl Pipeline {
                     planned_at: Some(jiff::Timestamp::now().as_millisecond()),
                 };
                 // Old checkpoints are gone before a new epoch starts, so the
-                // store holds at most `retainEpochs` epochs plus the one in flight.
+                // store holds at most `retainEpochs` epochs plus the two in flight
+                // (one committing, one being processed).
                 self.finish_pruning().await;
                 self.checkpoints.put_plan(&plan).await?;
                 tracing::info!(epoch, "epoch planned");
-                self.run_epoch(&plan).await?;
-                if self.last_checkpoint_at.elapsed() >= self.checkpoint_interval {
-                    self.checkpoint().await?;
-                }
+                let checkpoint = self.last_checkpoint_at.elapsed() >= self.checkpoint_interval;
+                self.run_epoch(&plan, checkpoint).await?;
             }
             let wait = self.trigger.saturating_sub(started.elapsed());
             if !wait.is_zero() || !has_data {
@@ -433,7 +582,10 @@ impl Pipeline {
 
     async fn open_sinks(&mut self) -> Result<(), PipelineError> {
         let window_schema = self.engine.window_schema();
-        for ConfiguredSink { name, input, sink } in &mut self.sinks {
+        let Some(outputs) = &mut self.outputs else {
+            return Ok(());
+        };
+        for ConfiguredSink { name, input, sink } in &mut outputs.sinks {
             let schema = match input {
                 SinkInput::Windows => window_schema.clone().ok_or_else(|| SinkError::Failed {
                     sink: name.clone(),
@@ -499,7 +651,7 @@ impl Pipeline {
         }
         for plan in plans {
             tracing::info!(epoch = plan.epoch, "replaying planned epoch");
-            self.run_epoch(&plan).await?;
+            self.run_epoch(&plan, false).await?;
             self.summary.replayed_epochs += 1;
         }
         // Only replayed epochs need a checkpoint: the restored one is there
@@ -537,48 +689,20 @@ impl Pipeline {
         idle != self.last_idle.as_slice()
     }
 
-    /// Processes one planned epoch and commits its outputs.
-    async fn run_epoch(&mut self, plan: &EpochPlan) -> Result<(), PipelineError> {
+    /// Processes one planned epoch, then commits its outputs in the
+    /// background once the previous epoch's commit has ended (sinks commit
+    /// epochs in order). With `checkpoint`, the commit ends with a checkpoint
+    /// of the state after this epoch, taken now.
+    async fn run_epoch(&mut self, plan: &EpochPlan, checkpoint: bool) -> Result<(), PipelineError> {
         let started = Instant::now();
         self.source.start_epoch(&plan.ranges).await?;
         let mut run = self.engine.begin_epoch(plan);
         while let Some(chunk) = self.source.next_chunk().await? {
-            self.engine.process(&mut run, &chunk);
+            self.engine.process(&mut run, chunk);
         }
-        let mut output = self.engine.finish_epoch(run, plan)?;
+        let output = self.engine.finish_epoch(run, plan)?;
         if let Some(topic) = &self.repartition {
             topic.send(&output.shuffle).await?;
-        }
-        let key = |sink: &str| EpochKey {
-            pipeline: self.identity.pipeline.clone(),
-            lane: self.lane,
-            epoch: plan.epoch,
-            sink: sink.to_owned(),
-        };
-        for ConfiguredSink { name, input, sink } in &mut self.sinks {
-            let rows: Vec<RecordBatch> = match input {
-                SinkInput::Windows => output.windows.iter().cloned().collect(),
-                SinkInput::Events => output.events.iter().cloned().collect(),
-            };
-            if rows.iter().all(|b| b.num_rows() == 0) {
-                continue;
-            }
-            let outcome = sink.write_epoch(&key(name), &rows).await?;
-            tracing::debug!(
-                epoch = plan.epoch,
-                sink = name.as_str(),
-                ?outcome,
-                "sink written"
-            );
-            if let WriteOutcome::Written { refused, .. } = outcome {
-                output.counts.refused += refused.len() as u64;
-                output.dead.extend(refused_events(name, &rows, refused)?);
-            }
-        }
-        if !output.dead.is_empty() {
-            self.dead_letter
-                .write_epoch(&key("dead-letter"), &output.dead)
-                .await?;
         }
         for range in &plan.ranges {
             self.positions
@@ -590,24 +714,69 @@ impl Pipeline {
         for partition in &output.progressed {
             self.last_progress.insert(partition.clone(), now);
         }
-        self.record(&output, started.elapsed());
-        tracing::info!(
-            epoch = plan.epoch,
-            records = output.counts.records,
-            windows = output.counts.windows,
-            dead_lettered = output.dead.len(),
-            "epoch committed"
-        );
+        let checkpoint = checkpoint.then(|| {
+            self.last_checkpoint_at = Instant::now();
+            self.snapshot(plan.epoch)
+        });
+        let figures = self.figures();
+        self.finish_commit().await?;
+        let outputs = self.outputs.take().ok_or(PipelineError::CommitLost {
+            epoch: plan.epoch,
+            message: "the sinks were not given back".into(),
+        })?;
+        let key = EpochKey {
+            pipeline: self.identity.pipeline.clone(),
+            lane: self.lane,
+            epoch: plan.epoch,
+            sink: String::new(),
+        };
+        let store = Arc::clone(&self.checkpoints);
+        let task = tokio::spawn(commit(outputs, key, output, checkpoint, store));
+        self.committing = Some(Commit {
+            epoch: plan.epoch,
+            started,
+            figures,
+            task,
+        });
         Ok(())
     }
 
-    /// Writes the checkpoint of the last epoch, then lets the source commit.
-    async fn checkpoint(&mut self) -> Result<(), PipelineError> {
-        let Some(epoch) = self.last_epoch else {
+    /// Waits for the background commit of the last epoch, if one runs,
+    /// takes the sinks back and records what it did: metrics, status, and
+    /// for a checkpoint the source's commit and the pruning of old ones.
+    async fn finish_commit(&mut self) -> Result<(), PipelineError> {
+        let Some(Commit {
+            epoch,
+            started,
+            figures,
+            task,
+        }) = self.committing.take()
+        else {
             return Ok(());
         };
-        let started = Instant::now();
-        let checkpoint = Checkpoint {
+        let returned = task.await.map_err(|error| PipelineError::CommitLost {
+            epoch,
+            message: error.to_string(),
+        })?;
+        self.outputs = Some(returned.outputs);
+        let committed = returned.result?;
+        self.record(committed.counts, &figures, started.elapsed());
+        tracing::info!(
+            epoch,
+            records = committed.counts.records,
+            windows = committed.counts.windows,
+            dead_lettered = committed.counts.dead_lettered(),
+            "epoch committed"
+        );
+        if let Some(checkpoint) = committed.checkpoint {
+            self.checkpoint_written(checkpoint).await?;
+        }
+        Ok(())
+    }
+
+    /// The checkpoint of the state after epoch `epoch` (the last processed).
+    fn snapshot(&self, epoch: u64) -> Checkpoint {
+        Checkpoint {
             epoch,
             positions: self.positions.clone(),
             state: self.engine.snapshot(),
@@ -616,16 +785,41 @@ impl Pipeline {
             replicas: Some(self.identity.replicas),
             generation: self.identity.generation,
             written_at: jiff::Timestamp::now().to_string(),
+        }
+    }
+
+    /// Writes the checkpoint of the last epoch, once its commit has ended,
+    /// unless that epoch's commit wrote one; then lets the source commit.
+    async fn checkpoint(&mut self) -> Result<(), PipelineError> {
+        self.finish_commit().await?;
+        let Some(epoch) = self.last_epoch else {
+            return Ok(());
         };
+        if self.last_checkpoint == Some(epoch) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let checkpoint = self.snapshot(epoch);
         self.checkpoints.put_checkpoint(&checkpoint).await?;
+        self.checkpoint_written(Written {
+            checkpoint,
+            took: started.elapsed(),
+        })
+        .await
+    }
+
+    /// After a checkpoint is written: status, the source's commit of its
+    /// positions, the pruning of older checkpoints.
+    async fn checkpoint_written(&mut self, written: Written) -> Result<(), PipelineError> {
+        let Written { checkpoint, took } = written;
         self.telemetry
             .checkpoint_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.last_checkpoint = Some(epoch);
+            .observe(took.as_secs_f64());
+        self.last_checkpoint = Some(checkpoint.epoch);
         self.last_checkpoint_at = Instant::now();
-        self.set_checkpoint_status(epoch, checkpoint.written_at);
-        self.source.commit(&self.positions).await?;
-        tracing::info!(epoch, "checkpoint written");
+        self.set_checkpoint_status(checkpoint.epoch, checkpoint.written_at);
+        self.source.commit(&checkpoint.positions).await?;
+        tracing::info!(epoch = checkpoint.epoch, "checkpoint written");
         self.start_pruning().await;
         Ok(())
     }
@@ -662,9 +856,19 @@ impl Pipeline {
         });
     }
 
-    /// Updates metrics and status after an epoch.
-    fn record(&mut self, output: &EpochOutput, took: Duration) {
-        let counts = output.counts;
+    /// The engine's figures after an epoch, for [`Pipeline::record`] once
+    /// the epoch is committed (the engine may be processing the next one).
+    fn figures(&self) -> EngineFigures {
+        EngineFigures {
+            remembered_ids: self.engine.remembered_ids(),
+            computes_windows: self.engine.computes_windows(),
+            watermark: self.engine.watermark(),
+            open_entries: self.engine.open_entries(),
+        }
+    }
+
+    /// Updates metrics and status after an epoch's commit.
+    fn record(&mut self, counts: EpochCounts, figures: &EngineFigures, took: Duration) {
         let t = &self.telemetry;
         t.epochs.inc();
         t.epoch_seconds.observe(took.as_secs_f64());
@@ -673,8 +877,7 @@ impl Pipeline {
         t.late_windows.inc_by(counts.late_windows);
         t.filtered_events.inc_by(counts.filtered);
         t.dedup_dropped.inc_by(counts.duplicates);
-        t.dedup_remembered_ids
-            .set(self.engine.remembered_ids() as i64);
+        t.dedup_remembered_ids.set(figures.remembered_ids as i64);
         t.windows_emitted.inc_by(counts.windows);
         for (reason, n) in [
             ("malformed", counts.malformed),
@@ -689,10 +892,14 @@ impl Pipeline {
         // With key groups, the source stage reports what it reads and the
         // key-group stage the windows: neither overwrites the other's figures.
         let reads_source = self.lane.stage == Stage::Source;
-        let computes_windows = self.engine.computes_windows();
-        let watermark = self.engine.watermark();
+        let EngineFigures {
+            computes_windows,
+            watermark,
+            open_entries,
+            ..
+        } = *figures;
         if computes_windows {
-            t.open_window_entries.set(self.engine.open_entries() as i64);
+            t.open_window_entries.set(open_entries as i64);
             if let Some(watermark) = watermark {
                 let now = jiff::Timestamp::now().as_millisecond();
                 t.watermark_lag_seconds

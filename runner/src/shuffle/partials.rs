@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{ShuffleRecord, key_group};
 use crate::{
     source::{PartitionId, PartitionRange},
-    window::{Accumulator, AggregateKind, GroupKey, aggregate},
+    window::{Accumulator, AggregateKind, GroupKey, PaneTarget, aggregate},
 };
 
 /// One range's events per (pane start, key): their number and aggregates.
@@ -53,6 +53,14 @@ impl Partials {
             .or_insert_with(|| (0, aggregate::empty(&self.aggregates)));
         *events += 1;
         aggregate::update(accumulators, inputs);
+    }
+
+    /// Range `range`'s pre-aggregates, to add a chunk's events to.
+    pub fn range(&mut self, range: usize) -> RangePartials<'_> {
+        RangePartials {
+            partials: self,
+            range,
+        }
     }
 
     /// Ends the epoch: the partials of each range to their key groups, then a
@@ -109,5 +117,33 @@ impl Partials {
             }
         }
         routed
+    }
+}
+
+/// The pre-aggregates of one range of the epoch.
+pub struct RangePartials<'a> {
+    partials: &'a mut Partials,
+    range: usize,
+}
+
+impl PaneTarget for RangePartials<'_> {
+    fn add(&mut self, time: i64, key: &[u8], inputs: &[Option<f64>]) {
+        self.partials.add(self.range, time, key, inputs);
+    }
+
+    fn merge_pane(&mut self, pane: i64, key: GroupKey, events: u64, accumulators: &[Accumulator]) {
+        let Some(panes) = self.partials.ranges.get_mut(self.range) else {
+            return;
+        };
+        match panes.entry((pane, key)) {
+            std::collections::btree_map::Entry::Occupied(mut entry) => {
+                let (total, totals) = entry.get_mut();
+                *total += events;
+                aggregate::merge(totals, accumulators);
+            }
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert((events, accumulators.into()));
+            }
+        }
     }
 }

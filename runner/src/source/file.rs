@@ -27,14 +27,30 @@ const READ_BLOCK: u64 = 256 * 1024;
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 pub struct FileSource {
-    path: PathBuf,
+    files: Files,
     partition: PartitionId,
     max_lines: i64,
-    follow: bool,
     /// Chunks read while planning, handed out by `next_chunk` when the epoch
     /// started is the one planned last.
     planned: Option<(PartitionRange, Vec<Chunk>)>,
     reading: Vec<Chunk>,
+    /// Read the next epoch's lines on a blocking thread while this one is
+    /// processed (when the engine has threads to spare).
+    read_ahead: bool,
+    ahead: Option<ReadAhead>,
+}
+
+/// The files to read.
+#[derive(Clone)]
+struct Files {
+    path: PathBuf,
+    follow: bool,
+}
+
+/// The lines of the epoch after the one planned last, being read.
+struct ReadAhead {
+    start: i64,
+    task: tokio::task::JoinHandle<Result<(Vec<Chunk>, i64), SourceError>>,
 }
 
 /// One file of the set and its place in the global byte order.
@@ -46,20 +62,53 @@ struct Segment {
 
 impl FileSource {
     pub fn new(spec: &FileSpec, context: &SourceContext) -> Result<Self, SourceError> {
-        let path = PathBuf::from(&spec.path);
         Ok(Self {
             partition: PartitionId::new(spec.path.clone(), 0),
-            path,
+            files: Files {
+                path: PathBuf::from(&spec.path),
+                follow: spec.follow,
+            },
             max_lines: spec
                 .max_lines_per_trigger
                 .unwrap_or(DEFAULT_MAX_LINES)
                 .min(context.max_records_per_epoch.max(1)),
-            follow: spec.follow,
             planned: None,
             reading: Vec::new(),
+            read_ahead: context.read_ahead,
+            ahead: None,
         })
     }
 
+    /// The lines of a new plan from `start`: those read ahead when they
+    /// start there and are what reading now would give (a whole epoch, or
+    /// the end of files that do not grow), else read now.
+    async fn lines_from(&mut self, start: i64) -> Result<(Vec<Chunk>, i64), SourceError> {
+        if let Some(ahead) = self.ahead.take()
+            && ahead.start == start
+            && let Ok(Ok((chunks, end))) = ahead.task.await
+        {
+            let lines: usize = chunks.iter().map(Chunk::len).sum();
+            if !self.files.follow || lines as i64 >= self.max_lines {
+                return Ok((chunks, end));
+            }
+        }
+        self.files.read_lines(start, None, self.max_lines)
+    }
+
+    /// Starts reading the epoch after one ending at `start`.
+    fn read_ahead_from(&mut self, start: i64) {
+        if !self.read_ahead {
+            return;
+        }
+        let (files, max_lines) = (self.files.clone(), self.max_lines);
+        self.ahead = Some(ReadAhead {
+            start,
+            task: tokio::task::spawn_blocking(move || files.read_lines(start, None, max_lines)),
+        });
+    }
+}
+
+impl Files {
     fn io_error(&self, path: &Path, error: std::io::Error) -> SourceError {
         SourceError::Io {
             source_kind: KIND,
@@ -189,7 +238,9 @@ impl FileSource {
         }
         Ok((chunks, position))
     }
+}
 
+impl FileSource {
     fn offset(&self, position: &Position) -> Result<i64, SourceError> {
         match position {
             Position::Offset(offset) => Ok(*offset),
@@ -213,13 +264,13 @@ impl Source for FileSource {
             Some(position) => self.offset(position)?,
             None => 0,
         };
-        let (mut chunks, mut end) = self.read_lines(start, None, self.max_lines)?;
+        let (mut chunks, mut end) = self.lines_from(start).await?;
         if end == start {
-            if !self.follow {
+            if !self.files.follow {
                 return Ok(Planned::Exhausted);
             }
             tokio::time::sleep(FOLLOW_POLL).await;
-            (chunks, end) = self.read_lines(start, None, self.max_lines)?;
+            (chunks, end) = self.files.read_lines(start, None, self.max_lines)?;
         }
         let range = PartitionRange {
             partition: self.partition.clone(),
@@ -227,6 +278,7 @@ impl Source for FileSource {
             end: Position::Offset(end),
         };
         self.planned = Some((range.clone(), chunks));
+        self.read_ahead_from(end);
         Ok(Planned::Ranges(vec![range]))
     }
 
@@ -238,7 +290,7 @@ impl Source for FileSource {
             ([range], _) => {
                 let start = self.offset(&range.start)?;
                 let end = self.offset(&range.end)?;
-                self.read_lines(start, Some(end), i64::MAX)?.0
+                self.files.read_lines(start, Some(end), i64::MAX)?.0
             }
             ([_, extra, ..], _) => {
                 return Err(SourceError::BadPosition {
@@ -273,6 +325,7 @@ mod tests {
             replica: 0,
             replicas: 1,
             max_records_per_epoch: i64::MAX,
+            read_ahead: true,
         };
         FileSource::new(&spec, &context).unwrap()
     }

@@ -146,6 +146,9 @@ pub struct SourceContext {
     /// Upper bound on the records one epoch reads across this replica's
     /// partitions (the source's own `maxOffsetsPerTrigger` when it has one wins).
     pub max_records_per_epoch: i64,
+    /// The engine has several threads: a source whose planning reads the
+    /// data (files) may read the next epoch while this one is processed.
+    pub read_ahead: bool,
 }
 
 /// Records read from one partition, laid out contiguously so that reading

@@ -34,8 +34,15 @@ pub enum TransformError {
 
 enum Step {
     Filter(CelStep),
-    Compute { slot: usize, cel: CelStep },
-    Dedup { slot: usize, dedup: Dedup },
+    Compute {
+        slot: usize,
+        cel: CelStep,
+    },
+    /// `memory`: the index of the step's [`Dedup`] in [`DedupMemory`].
+    Dedup {
+        slot: usize,
+        memory: usize,
+    },
 }
 
 /// A compiled CEL expression and what it reads.
@@ -95,9 +102,17 @@ impl CelStep {
     }
 }
 
-/// The transforms of a pipeline, compiled.
+/// The transforms of a pipeline, compiled. Immutable, so that workers can
+/// share them; the dedup steps' memory is apart, in [`DedupMemory`].
 pub struct Transforms {
     steps: Vec<Step>,
+}
+
+/// What the dedup steps remember, in step order. Events must go through it
+/// one at a time, in order: it is what makes a dedup pipeline sequential.
+#[derive(Default)]
+pub struct DedupMemory {
+    dedups: Vec<Dedup>,
 }
 
 /// What the transforms decided for one event.
@@ -171,22 +186,27 @@ fn compile(index: usize, expression: &str) -> Result<Program, TransformError> {
 }
 
 impl Transforms {
-    /// Compiles `transforms`; `slot` maps a field path to its decoder slot
-    /// (every field from [`referenced_fields`] has one).
+    /// Compiles `transforms`, with an empty memory for their dedup steps;
+    /// `slot` maps a field path to its decoder slot (every field from
+    /// [`referenced_fields`] has one).
     pub fn new(
         transforms: &[Transform],
         slot: impl Fn(&str) -> Option<usize>,
-    ) -> Result<Self, TransformError> {
+    ) -> Result<(Self, DedupMemory), TransformError> {
         let mut steps = Vec::with_capacity(transforms.len());
+        let mut memory = DedupMemory::default();
         for (index, transform) in transforms.iter().enumerate() {
             let step = match kind_of(index, transform)? {
-                Kind::Dedup(spec) => Step::Dedup {
-                    slot: slot(&spec.id_field).ok_or_else(|| TransformError::NotDecoded {
-                        index,
-                        field: spec.id_field.clone(),
-                    })?,
-                    dedup: Dedup::new(spec),
-                },
+                Kind::Dedup(spec) => {
+                    memory.dedups.push(Dedup::new(spec));
+                    Step::Dedup {
+                        slot: slot(&spec.id_field).ok_or_else(|| TransformError::NotDecoded {
+                            index,
+                            field: spec.id_field.clone(),
+                        })?,
+                        memory: memory.dedups.len() - 1,
+                    }
+                }
                 Kind::Cel {
                     expression,
                     target: None,
@@ -205,27 +225,37 @@ impl Transforms {
             };
             steps.push(step);
         }
-        Ok(Self { steps })
+        Ok((Self { steps }, memory))
     }
 
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
 
+    /// Whether a step depends on the events before it (dedup).
+    pub fn has_dedup(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Dedup { .. }))
+    }
+
     /// Applies the transforms to one event's fields (computed fields replace
     /// their slot; computing the event-time field updates `time`). `event` is
     /// the raw event, parsed only when an expression reads `event`. Returns
-    /// why a step failed, as a dead-letter reason.
+    /// why a step failed, as a dead-letter reason. `memory` is the one
+    /// [`Transforms::new`] returned (or a restored copy).
     pub fn apply<'a>(
-        &mut self,
+        &self,
         event: &[u8],
         fields: &mut [FieldValue<'a>],
         time: &mut i64,
         decoder: &Decoder,
+        memory: &mut DedupMemory,
     ) -> Result<Outcome, String> {
-        for step in &mut self.steps {
+        for step in &self.steps {
             match step {
-                Step::Dedup { slot, dedup } => {
+                Step::Dedup { slot, memory: at } => {
+                    let dedup = memory.dedups.get_mut(*at).ok_or_else(|| {
+                        "dedup: the step has no memory (an engine bug)".to_owned()
+                    })?;
                     if dedup.is_duplicate(&fields[*slot], *time)? {
                         return Ok(Outcome::Duplicate);
                     }
@@ -251,19 +281,15 @@ impl Transforms {
         }
         Ok(Outcome::Keep)
     }
+}
 
+impl DedupMemory {
     fn dedups(&self) -> impl Iterator<Item = &Dedup> {
-        self.steps.iter().filter_map(|s| match s {
-            Step::Dedup { dedup, .. } => Some(dedup),
-            _ => None,
-        })
+        self.dedups.iter()
     }
 
     fn dedups_mut(&mut self) -> impl Iterator<Item = &mut Dedup> {
-        self.steps.iter_mut().filter_map(|s| match s {
-            Step::Dedup { dedup, .. } => Some(dedup),
-            _ => None,
-        })
+        self.dedups.iter_mut()
     }
 
     /// Ends an epoch: dedup steps forget ids older than their horizon behind
@@ -353,7 +379,7 @@ fn from_cel(value: Value) -> Result<FieldValue<'static>, String> {
 mod tests {
     use super::*;
 
-    fn transforms(json: serde_json::Value) -> (Transforms, Decoder) {
+    fn transforms(json: serde_json::Value) -> ((Transforms, DedupMemory), Decoder) {
         let specs: Vec<Transform> = serde_json::from_value(json).unwrap();
         let format = serde_json::from_value(serde_json::json!({})).unwrap();
         let decoder = Decoder::new(&format, referenced_fields(&specs).unwrap());
@@ -361,10 +387,14 @@ mod tests {
         (transforms, decoder)
     }
 
-    fn apply(t: &mut Transforms, decoder: &Decoder, event: &str) -> Result<Outcome, String> {
+    fn apply(
+        (t, memory): &mut (Transforms, DedupMemory),
+        decoder: &Decoder,
+        event: &str,
+    ) -> Result<Outcome, String> {
         let mut values = Vec::new();
         let mut time = decoder.decode(event.as_bytes(), &mut values).unwrap();
-        t.apply(event.as_bytes(), &mut values, &mut time, decoder)
+        t.apply(event.as_bytes(), &mut values, &mut time, decoder, memory)
     }
 
     #[test]
@@ -402,8 +432,8 @@ mod tests {
         );
 
         let (mut restored, _) = transforms(steps);
-        restored.restore(t.snapshot());
-        assert_eq!(restored.remembered_ids(), 2);
+        restored.1.restore(t.1.snapshot());
+        assert_eq!(restored.1.remembered_ids(), 2);
         assert_eq!(
             apply(&mut restored, &decoder, &event("1", "view")),
             Ok(Outcome::Duplicate)
@@ -412,8 +442,8 @@ mod tests {
         let (mut other, decoder) = transforms(serde_json::json!([
             {"dedup": {"idField": "event_type", "horizon": "10m"}},
         ]));
-        other.restore(t.snapshot());
-        assert_eq!(other.remembered_ids(), 0);
+        other.1.restore(t.1.snapshot());
+        assert_eq!(other.1.remembered_ids(), 0);
         assert_eq!(
             apply(&mut other, &decoder, &event("1", "view")),
             Ok(Outcome::Keep)

@@ -19,6 +19,7 @@
 //! Append mode emits each closed window once; update mode emits, every
 //! epoch, the windows that the epoch's events changed.
 
+mod additions;
 pub(crate) mod aggregate;
 mod key;
 mod output;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use sluice_crds::WindowSpec;
 
 pub use self::{
+    additions::{Additions, PaneTarget},
     aggregate::{Accumulator, AggregateKind},
     key::GroupKey,
     output::WindowRows,
@@ -96,8 +98,8 @@ pub type WindowRow = (i64, i64, GroupKey, Box<[Accumulator]>);
 /// How many of an event's windows had closed when it arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lateness {
-    /// Windows that hold the event.
-    pub windows: u32,
+    /// Every window that holds the event is closed.
+    pub late: bool,
     /// Those among them that are closed; the event does not count in them.
     pub closed: u32,
 }
@@ -105,7 +107,68 @@ pub struct Lateness {
 impl Lateness {
     /// Every window of the event has closed: the event is late.
     pub fn is_late(&self) -> bool {
-        self.closed == self.windows
+        self.late
+    }
+}
+
+/// The window shape and the watermark in force: all that lateness depends
+/// on. The watermark moves only between epochs, so an epoch's workers each
+/// hold a copy and decide as the windows themselves would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatenessRule {
+    kind: WindowKind,
+    watermark: Option<i64>,
+    /// Sliding windows: the start of the last closed window.
+    last_closed: Option<i64>,
+}
+
+impl LatenessRule {
+    /// The watermark in force, in milliseconds since the Unix epoch.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// How many of the windows holding an event at `time` are closed.
+    pub fn lateness(&self, time: i64) -> Lateness {
+        match self.kind {
+            // Most events: all their windows start after the last closed one.
+            WindowKind::Sliding { size, .. }
+                if self.last_closed.is_none_or(|last| time >= last + size) =>
+            {
+                Lateness {
+                    late: false,
+                    closed: 0,
+                }
+            }
+            WindowKind::Sliding { size, slide, .. } => {
+                // Window starts are multiples of `slide` in (time - size, time].
+                let last = time.div_euclid(slide) * slide;
+                let windows = (last - first_start_after(time, size, slide)) / slide + 1;
+                let closed = match self.watermark {
+                    // Starts at or before the last closed window's start.
+                    Some(watermark) => ((last_closed_start(watermark, size, slide) - last)
+                        .div_euclid(slide)
+                        + windows)
+                        .clamp(0, windows),
+                    None => 0,
+                };
+                Lateness {
+                    late: closed == windows,
+                    closed: u32::try_from(closed).unwrap_or(u32::MAX),
+                }
+            }
+            // An event opens the session [time, time + gap); it is late when
+            // that has closed, as in Spark.
+            WindowKind::Session { gap } => {
+                let late = self
+                    .watermark
+                    .is_some_and(|watermark| time.saturating_add(gap) <= watermark);
+                Lateness {
+                    late,
+                    closed: u32::from(late),
+                }
+            }
+        }
     }
 }
 
@@ -176,6 +239,16 @@ impl WindowState {
     }
 }
 
+impl PaneTarget for Windows {
+    fn add(&mut self, time: i64, key: &[u8], inputs: &[Option<f64>]) {
+        Windows::add(self, time, key, inputs);
+    }
+
+    fn merge_pane(&mut self, pane: i64, key: GroupKey, _: u64, accumulators: &[Accumulator]) {
+        Windows::merge_pane(self, pane, &key, accumulators);
+    }
+}
+
 impl Windows {
     pub fn new(kind: WindowKind, delay: i64, aggregates: Vec<AggregateKind>) -> Self {
         Self {
@@ -208,33 +281,21 @@ impl Windows {
     /// How many of the windows holding an event at `time` are closed under
     /// the watermark in force.
     pub fn lateness(&self, time: i64) -> Lateness {
-        match self.kind {
-            WindowKind::Sliding { size, slide, .. } => {
-                // Window starts are multiples of `slide` in (time - size, time].
-                let last = time.div_euclid(slide) * slide;
-                let windows = (last - first_start_after(time, size, slide)) / slide + 1;
-                let closed = match self.watermark {
-                    // Starts at or before the last closed window's start.
-                    Some(watermark) => ((last_closed_start(watermark, size, slide) - last)
-                        .div_euclid(slide)
-                        + windows)
-                        .clamp(0, windows),
-                    None => 0,
-                };
-                Lateness {
-                    windows: u32::try_from(windows).unwrap_or(u32::MAX),
-                    closed: u32::try_from(closed).unwrap_or(u32::MAX),
-                }
+        self.lateness_rule().lateness(time)
+    }
+
+    /// The epoch's lateness decisions, apart from the window state.
+    pub fn lateness_rule(&self) -> LatenessRule {
+        let last_closed = match (self.kind, self.watermark) {
+            (WindowKind::Sliding { size, slide, .. }, Some(watermark)) => {
+                Some(last_closed_start(watermark, size, slide))
             }
-            // An event opens the session [time, time + gap); it is late when
-            // that has closed, as in Spark.
-            WindowKind::Session { gap } => Lateness {
-                windows: 1,
-                closed: u32::from(
-                    self.watermark
-                        .is_some_and(|watermark| time.saturating_add(gap) <= watermark),
-                ),
-            },
+            _ => None,
+        };
+        LatenessRule {
+            kind: self.kind,
+            watermark: self.watermark,
+            last_closed,
         }
     }
 
@@ -599,7 +660,7 @@ mod tests {
         assert_eq!(
             windows.lateness(0),
             Lateness {
-                windows: 5,
+                late: false,
                 closed: 0
             },
             "nothing is closed before the first watermark"
@@ -609,12 +670,44 @@ mod tests {
         assert_eq!(windows.watermark(), Some(18 * MIN));
         // 14:30 is in the windows starting 10..=14; those ending by 18 (10..=13) are closed.
         let partly = windows.lateness(14 * MIN + 30_000);
-        assert_eq!((partly.windows, partly.closed), (5, 4));
+        assert_eq!((partly.late, partly.closed), (false, 4));
         assert!(!partly.is_late());
         // 13:59 is in windows 9..=13, all ended by 18; 14:00 opens window 14.
         assert!(windows.lateness(14 * MIN - 1).is_late());
         assert_eq!(windows.lateness(14 * MIN).closed, 4);
         assert_eq!(windows.lateness(30 * MIN).closed, 0);
+    }
+
+    #[test]
+    fn lateness_agrees_with_counting_the_closed_windows() {
+        for (size, slide) in [(5, 1), (4, 3), (3, 3), (7, 2)] {
+            let mut windows = sliding(size, slide, 0);
+            for watermark in [-7 * MIN - 1, 0, 11 * MIN, 11 * MIN + 7] {
+                windows.watermark = Some(watermark);
+                let rule = windows.lateness_rule();
+                for time in (watermark - 9 * MIN..watermark + 9 * MIN).step_by(7_001) {
+                    let step = slide * MIN;
+                    let first = (time - size * MIN).div_euclid(step) * step;
+                    let starts = (0..=size / slide + 1)
+                        .map(|i| first + i * step)
+                        .filter(|start| *start > time - size * MIN && *start <= time)
+                        .collect::<Vec<_>>();
+                    let closed = starts
+                        .iter()
+                        .filter(|start| *start + size * MIN <= watermark)
+                        .count() as u32;
+                    let expected = Lateness {
+                        late: closed as usize == starts.len(),
+                        closed,
+                    };
+                    assert_eq!(
+                        rule.lateness(time),
+                        expected,
+                        "{size}/{slide} {watermark} {time}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

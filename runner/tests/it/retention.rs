@@ -1,6 +1,7 @@
 //! Checkpoint retention: with `retainEpochs: 3` and a checkpoint after every
 //! epoch, a run of 20 and more epochs leaves at most 3 completed epochs plus
-//! the one in flight in the checkpoint store whenever the runner is killed
+//! the two in flight (one committing while the next is processed) in the
+//! checkpoint store whenever the runner is killed
 //! with SIGKILL, and exactly the 3 newest after a clean finish; restarted
 //! after each kill, the runner still resumes exactly: the Delta table ends
 //! up with the batch computation's rows, none twice.
@@ -39,10 +40,11 @@ async fn three_epochs_are_retained_and_a_restart_after_cleanup_resumes_exactly()
         kill_runner_at(manifest, message, epoch);
         let (checkpointed, planned) = stored_epochs(checkpoints);
         let newest = *checkpointed.last().expect("a checkpoint");
-        assert!(newest + 1 >= epoch, "checkpoints {checkpointed:?}");
+        // The epoch before the one planned may still be committing.
+        assert!(newest + 2 >= epoch, "checkpoints {checkpointed:?}");
         let stored: BTreeSet<u64> = checkpointed.union(&planned).copied().collect();
         assert!(
-            stored.len() <= RETAIN + 1,
+            stored.len() <= RETAIN + 2,
             "after a kill at {message:?} {epoch}: checkpoints {checkpointed:?}, plans {planned:?}"
         );
         assert!(

@@ -307,6 +307,7 @@ mod tests {
             replica,
             replicas,
             max_records_per_epoch: i64::MAX,
+            read_ahead: false,
         };
         KafkaSource::connect(&connection, topics, &context).unwrap()
     }
