@@ -61,7 +61,7 @@ impl Job {
         let topic = Arc::new(
             RepartitionTopic::ensure(&connection, &identity.repartition_topic, key_groups).await?,
         );
-        let context = source_context(&identity);
+        let context = source_context(spec, &identity)?;
         let source_stage = Pipeline::new(
             spec,
             identity.clone(),

@@ -63,6 +63,7 @@ fn context(max_records_per_epoch: i64) -> SourceContext {
         replica: 0,
         replicas: 1,
         max_records_per_epoch,
+        max_bytes_per_epoch: i64::MAX,
     }
 }
 
