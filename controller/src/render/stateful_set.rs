@@ -11,8 +11,8 @@ use k8s_openapi::{
             Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
             EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, LocalObjectReference,
             ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            ResourceFieldSelector, SeccompProfile, SecretEnvSource, SecretKeySelector, SecretVolumeSource,
-            SecurityContext, Volume, VolumeMount,
+            ResourceFieldSelector, SeccompProfile, SecretEnvSource, SecretKeySelector,
+            SecretVolumeSource, SecurityContext, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{

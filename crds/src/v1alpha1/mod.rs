@@ -263,7 +263,7 @@ pub struct TriggerSpec {
     #[serde(default = "default_trigger_interval")]
     pub interval: Duration,
     /// Most bytes of source records one epoch reads on one replica, from 1 MiB
-    /// (1048576) to 1 GiB (1073741824). Unset: an eighth of the runner's memory
+    /// (1048576) to 1 GiB (1073741824). Unset: a sixteenth of the runner's memory
     /// limit (`spec.runner.resources.limits.memory`, else the node's memory),
     /// within the same range. An epoch is held in memory until its sinks are
     /// written; sources that plan before reading (Kafka, Event Hubs, generator)

@@ -188,7 +188,10 @@ mod tests {
         let takes = budget.share(&[1_000_000, 1_000_000], &sizes);
         let bytes = takes[0] as f64 * 1024.0 + takes[1] as f64 * 100.0;
         assert!(bytes <= (10 * MIB) as f64, "{takes:?} hold {bytes} bytes");
-        assert!(bytes > (9 * MIB) as f64, "{takes:?} leave the budget unused");
+        assert!(
+            bytes > (9 * MIB) as f64,
+            "{takes:?} leave the budget unused"
+        );
         // Partition 0's backlog holds ten times the bytes and gets the larger
         // share of them, yet fewer records.
         assert!(takes[0] * 1024 > takes[1] * 100, "{takes:?}");
@@ -216,7 +219,10 @@ mod tests {
         let bytes = takes[0] as f64 * UNKNOWN_RECORD_BYTES
             + takes[1] as f64 * 1024.0
             + takes[2] as f64 * UNKNOWN_RECORD_BYTES;
-        assert!(bytes <= MIB as f64 + 2.0 * UNKNOWN_RECORD_BYTES, "{takes:?}");
+        assert!(
+            bytes <= MIB as f64 + 2.0 * UNKNOWN_RECORD_BYTES,
+            "{takes:?}"
+        );
         assert!(takes.iter().all(|take| *take >= 1), "{takes:?}");
     }
 

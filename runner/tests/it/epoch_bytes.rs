@@ -107,7 +107,13 @@ fn row_ids(batches: &[RecordBatch]) -> (usize, HashSet<(i32, i64)>) {
             .unwrap()
             .as_primitive::<Int64Type>();
         rows += batch.num_rows();
-        ids.extend(partition.values().iter().copied().zip(offset.values().iter().copied()));
+        ids.extend(
+            partition
+                .values()
+                .iter()
+                .copied()
+                .zip(offset.values().iter().copied()),
+        );
     }
     (rows, ids)
 }
