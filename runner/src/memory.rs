@@ -15,8 +15,9 @@ pub use sluice_crds::MEMORY_LIMIT_ENV;
 /// epoch's records are held as read, again as event rows (Arrow strings
 /// grow by doubling), and once more while a sink encodes them (Parquet,
 /// JSON), besides the Kafka client's prefetch, the window state and the
-/// allocator's slack: with an eighth, 1 KB events under a 160 MiB limit
-/// peaked at 150 MiB, too close.
+/// allocator's slack. Measured (`tests/it/epoch_bytes.rs`): 1 KB events
+/// under a 160 MiB limit peak at 150 MiB with an eighth, 144 MiB with a
+/// sixteenth; most of the rest is the runtime and its libraries.
 pub const EPOCH_SHARE_OF_MEMORY: u64 = 16;
 
 /// Smallest and largest epoch sizes in bytes, set or default: below 1 MiB
