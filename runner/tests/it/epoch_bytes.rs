@@ -146,7 +146,7 @@ async fn a_backlog_of_large_events_beyond_the_memory_limit_is_read_within_it() {
     stop_gracefully(runner, logs);
     println!(
         "{EVENTS} events of {EVENT_BYTES} bytes ({} MiB) under a {} MiB limit: peak RSS {} MiB",
-        EVENTS * EVENT_BYTES >> 20,
+        (EVENTS * EVENT_BYTES) >> 20,
         MEMORY_LIMIT >> 20,
         peak >> 20
     );
