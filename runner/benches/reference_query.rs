@@ -266,6 +266,7 @@ async fn write_events(path: &std::path::Path, n: i64, ids: bool) -> anyhow::Resu
         replicas: 1,
         max_records_per_epoch: n,
         read_ahead: false,
+        max_bytes_per_epoch: i64::MAX,
     };
     let mut generator = source::GeneratorSource::new(&spec, &context)?;
     let Planned::Ranges(ranges) = source::Source::plan(&mut generator, &Positions::new()).await?

@@ -9,6 +9,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod http;
 pub mod kafka;
+pub mod memory;
 pub mod pipeline;
 pub mod secrets;
 pub mod server;

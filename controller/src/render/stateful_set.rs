@@ -11,14 +11,16 @@ use k8s_openapi::{
             Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
             EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, LocalObjectReference,
             ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            SeccompProfile, SecretEnvSource, SecretKeySelector, SecretVolumeSource,
-            SecurityContext, Volume, VolumeMount,
+            ResourceFieldSelector, SeccompProfile, SecretEnvSource, SecretKeySelector,
+            SecretVolumeSource, SecurityContext, Volume, VolumeMount,
         },
     },
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        api::resource::Quantity, apis::meta::v1::LabelSelector, util::intstr::IntOrString,
+    },
 };
 use kube::Resource;
-use sluice_crds::{SECRETS_DIR, StreamPipeline, secret_env_var};
+use sluice_crds::{MEMORY_LIMIT_ENV, SECRETS_DIR, StreamPipeline, secret_env_var};
 
 use crate::Settings;
 
@@ -33,6 +35,8 @@ pub const HTTP_PORT: i32 = 8080;
 pub const CONFIG_HASH_ANNOTATION: &str = "sluice.dev/config-hash";
 /// The runner's parallelism in its environment: the `N` of `p % N`.
 pub const REPLICAS_ENV: &str = "SLUICE_REPLICAS";
+/// The runner pod's one container.
+const RUNNER_CONTAINER: &str = "runner";
 /// The pod-index label the StatefulSet controller puts on each pod.
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
@@ -137,7 +141,7 @@ fn container(
         ..Probe::default()
     };
     Container {
-        name: "runner".into(),
+        name: RUNNER_CONTAINER.into(),
         image: Some(
             spec.runner
                 .image
@@ -211,6 +215,20 @@ fn environment(
         ),
         // The root file system is read-only; scratch files go to the emptyDir.
         value("TMPDIR", "/tmp"),
+        // The container's memory limit (the node's allocatable memory when
+        // none is set): the runner sizes its epochs from it.
+        EnvVar {
+            name: MEMORY_LIMIT_ENV.into(),
+            value_from: Some(EnvVarSource {
+                resource_field_ref: Some(ResourceFieldSelector {
+                    container_name: Some(RUNNER_CONTAINER.into()),
+                    resource: "limits.memory".into(),
+                    divisor: Some(Quantity("1".into())),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
     ];
     let mut env_from: Vec<EnvFromSource> = Vec::new();
     let mut seen_env = BTreeSet::new();

@@ -208,6 +208,22 @@ async fn create_applies_owned_objects_with_owner_refs_and_locked_down_pods() {
         "metadata.labels['apps.kubernetes.io/pod-index']"
     );
     assert_eq!(var("SLUICE_REPLICAS").value.as_deref(), Some("2"));
+    // The runner sizes its epochs from the container's memory limit, in bytes.
+    let memory = var(sluice_crds::MEMORY_LIMIT_ENV)
+        .value_from
+        .as_ref()
+        .unwrap()
+        .resource_field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (
+            memory.container_name.as_deref(),
+            memory.resource.as_str(),
+            memory.divisor.as_ref().map(|d| d.0.as_str())
+        ),
+        (Some(container.name.as_str()), "limits.memory", Some("1"))
+    );
     assert_eq!(
         var("SLUICE_PIPELINE_UID").value.as_deref(),
         Some(owner_uid.as_str())

@@ -262,12 +262,31 @@ pub struct TriggerSpec {
     /// Time between the starts of consecutive epochs; `0s` starts the next one at once.
     #[serde(default = "default_trigger_interval")]
     pub interval: Duration,
+    /// Most bytes of source records one epoch reads on one replica, from 1 MiB
+    /// (1048576) to 1 GiB (1073741824). Unset: a sixteenth of the runner's memory
+    /// limit (`spec.runner.resources.limits.memory`, else the node's memory),
+    /// within the same range. An epoch is held in memory until its sinks are
+    /// written; sources that plan before reading (Kafka, Event Hubs, generator)
+    /// size the plan from the bytes per record of earlier epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MIN_EPOCH_BYTES, max = MAX_EPOCH_BYTES))]
+    pub max_bytes: Option<i64>,
 }
+
+/// Bounds of `spec.trigger.maxBytes`, and of its default.
+pub const MIN_EPOCH_BYTES: i64 = 1 << 20;
+pub const MAX_EPOCH_BYTES: i64 = 1 << 30;
+
+/// Environment variable holding the runner container's memory limit in
+/// bytes (the controller sets it from `limits.memory`); the runner sizes
+/// epochs from it in place of its cgroup's limit.
+pub const MEMORY_LIMIT_ENV: &str = "SLUICE_MEMORY_LIMIT";
 
 impl Default for TriggerSpec {
     fn default() -> Self {
         Self {
             interval: default_trigger_interval(),
+            max_bytes: None,
         }
     }
 }

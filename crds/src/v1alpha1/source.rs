@@ -52,7 +52,8 @@ pub enum StartingOffsets {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReadLimits {
-    /// Most records one epoch reads across all partitions of this replica (unset: no limit).
+    /// Most records one epoch reads across all partitions of this replica (unset:
+    /// 1,000,000); `spec.trigger.maxBytes` bounds the epoch's bytes too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_offsets_per_trigger: Option<i64>,
@@ -389,7 +390,8 @@ pub struct FileSource {
     /// A file, or a directory whose `*.jsonl` / `*.json` files are read in name order.
     #[schemars(length(min = 1))]
     pub path: String,
-    /// Most lines one epoch reads (unset: 100000).
+    /// Most lines one epoch reads (unset: 100,000); `spec.trigger.maxBytes` bounds
+    /// the epoch's bytes too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_lines_per_trigger: Option<i64>,

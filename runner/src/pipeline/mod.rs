@@ -31,6 +31,7 @@ use crate::{
         Stage,
     },
     dead_letter::{self, DeadEvent, DeadLetter, DeadLetterError, Reason},
+    memory::{MAX_EPOCH_BYTES, MIN_EPOCH_BYTES, MemoryError, MemoryLimit},
     shuffle::{RepartitionError, RepartitionTopic},
     sink::{self, ConfiguredSink, EpochKey, RefusedRow, SinkError, WriteOutcome},
     source::{
@@ -62,14 +63,35 @@ fn refused_events(
         .collect()
 }
 
-/// The source settings of a replica whose engine has `threads` threads.
-fn source_context(identity: &RunnerIdentity, threads: usize) -> SourceContext {
-    SourceContext {
+/// The source settings of a replica whose engine has `threads` threads:
+/// its place among the replicas and how much one epoch may read
+/// (`spec.trigger.maxBytes`, else a share of the memory limit).
+fn source_context(
+    spec: &StreamPipelineSpec,
+    identity: &RunnerIdentity,
+    threads: usize,
+) -> Result<SourceContext, PipelineError> {
+    let max_bytes_per_epoch = match spec.trigger.max_bytes {
+        Some(bytes) => bytes.clamp(MIN_EPOCH_BYTES, MAX_EPOCH_BYTES),
+        None => {
+            let limit = MemoryLimit::detect()?;
+            let bytes = limit.epoch_bytes();
+            tracing::info!(
+                memory_limit = limit.bytes,
+                from = ?limit.source,
+                max_bytes_per_epoch = bytes,
+                "epochs sized to the memory limit"
+            );
+            bytes
+        }
+    };
+    Ok(SourceContext {
         replica: identity.replica,
         replicas: identity.replicas,
         max_records_per_epoch: DEFAULT_MAX_RECORDS_PER_EPOCH,
+        max_bytes_per_epoch,
         read_ahead: threads > 1,
-    }
+    })
 }
 
 /// The spec's sinks that `wanted` picks (by what they read).
@@ -128,6 +150,8 @@ pub enum PipelineError {
     Storage(#[from] crate::storage::StorageError),
     #[error("the commit of epoch {epoch} stopped: {message}")]
     CommitLost { epoch: u64, message: String },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
     #[error(
         "the checkpoint store holds plans for epochs {found:?} after checkpoint {checkpoint:?}; expected consecutive epochs"
     )]
@@ -158,6 +182,7 @@ impl PipelineError {
             | Self::Unmergeable { .. }
             | Self::Storage(_)
             | Self::CommitLost { .. }
+            | Self::Memory(_)
             | Self::PlanGap { .. } => false,
         }
     }
@@ -405,7 +430,7 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         let source = source::from_spec(
             &spec.source,
-            &source_context(&identity, threads),
+            &source_context(spec, &identity, threads)?,
             &telemetry.source_requests,
         )?;
         let sinks = sinks_from_spec(spec, &telemetry, |_| true)?;

@@ -14,7 +14,7 @@ use sluice_crds::FileSource as FileSpec;
 
 use super::{
     Chunk, PartitionId, PartitionRange, Planned, Position, Positions, Source, SourceContext,
-    SourceError,
+    SourceError, budget::EpochBudget,
 };
 
 const KIND: &str = "file";
@@ -29,7 +29,9 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 pub struct FileSource {
     files: Files,
     partition: PartitionId,
-    max_lines: i64,
+    /// `maxLinesPerTrigger` and the byte budget; a file source reads while
+    /// planning, so it bounds the bytes exactly.
+    budget: EpochBudget,
     /// Chunks read while planning, handed out by `next_chunk` when the epoch
     /// started is the one planned last.
     planned: Option<(PartitionRange, Vec<Chunk>)>,
@@ -68,10 +70,14 @@ impl FileSource {
                 path: PathBuf::from(&spec.path),
                 follow: spec.follow,
             },
-            max_lines: spec
-                .max_lines_per_trigger
-                .unwrap_or(DEFAULT_MAX_LINES)
-                .min(context.max_records_per_epoch.max(1)),
+            budget: EpochBudget {
+                max_records: spec
+                    .max_lines_per_trigger
+                    .unwrap_or(DEFAULT_MAX_LINES)
+                    .min(context.max_records_per_epoch)
+                    .max(1),
+                max_bytes: context.max_bytes_per_epoch.max(1),
+            },
             planned: None,
             reading: Vec::new(),
             read_ahead: context.read_ahead,
@@ -88,11 +94,13 @@ impl FileSource {
             && let Ok(Ok((chunks, end))) = ahead.task.await
         {
             let lines: usize = chunks.iter().map(Chunk::len).sum();
-            if !self.files.follow || lines as i64 >= self.max_lines {
+            let whole_epoch =
+                lines as i64 >= self.budget.max_records || end - start >= self.budget.max_bytes;
+            if !self.files.follow || whole_epoch {
                 return Ok((chunks, end));
             }
         }
-        self.files.read_lines(start, None, self.max_lines)
+        self.files.read_lines(start, None, self.budget)
     }
 
     /// Starts reading the epoch after one ending at `start`.
@@ -100,10 +108,10 @@ impl FileSource {
         if !self.read_ahead {
             return;
         }
-        let (files, max_lines) = (self.files.clone(), self.max_lines);
+        let (files, budget) = (self.files.clone(), self.budget);
         self.ahead = Some(ReadAhead {
             start,
-            task: tokio::task::spawn_blocking(move || files.read_lines(start, None, max_lines)),
+            task: tokio::task::spawn_blocking(move || files.read_lines(start, None, budget)),
         });
     }
 }
@@ -151,7 +159,8 @@ impl Files {
     }
 
     /// Reads whole lines from `start`, stopping at `end` (a replayed plan) or
-    /// after `max_lines` lines (a new plan). A file's last line needs no
+    /// once `budget` is spent (a new plan: its lines or bytes; the line that
+    /// reaches the byte bound is the last). A file's last line needs no
     /// newline once the file is complete: when a later file exists, or when
     /// not following. Returns the chunks and the end position.
     ///
@@ -162,16 +171,19 @@ impl Files {
         &self,
         start: i64,
         end: Option<i64>,
-        max_lines: i64,
+        budget: EpochBudget,
     ) -> Result<(Vec<Chunk>, i64), SourceError> {
         let segments = self.segments()?;
         let mut chunks = Vec::new();
         let mut chunk = Chunk::new(0);
         let mut position = start;
         let mut lines = 0;
+        let spent = |lines: i64, position: i64| {
+            lines >= budget.max_records || position - start >= budget.max_bytes
+        };
         for (index, segment) in segments.iter().enumerate() {
             let segment_end = segment.start + segment.len;
-            if segment_end <= position || lines >= max_lines {
+            if segment_end <= position || spent(lines, position) {
                 continue;
             }
             if end.is_some_and(|end| position >= end) {
@@ -196,7 +208,7 @@ impl Files {
                     unread = if read == 0 { 0 } else { unread - read as u64 };
                 }
                 let last_block = unread == 0;
-                while lines < max_lines && scanned < chunk.bytes() {
+                while !spent(lines, position) && scanned < chunk.bytes() {
                     let rest = &chunk.buffer()[scanned..];
                     let (line_len, consumed) = match memchr::memchr(b'\n', rest) {
                         Some(newline) => (newline, newline + 1),
@@ -222,14 +234,14 @@ impl Files {
                         scanned = 0;
                     }
                 }
-                if last_block || lines >= max_lines {
+                if last_block || spent(lines, position) {
                     break;
                 }
             }
             // Bytes past the last whole line are read again by the next plan.
             let partial = scanned < chunk.bytes();
             chunk.buffer_mut().truncate(scanned);
-            if partial || lines >= max_lines {
+            if partial || spent(lines, position) {
                 break;
             }
         }
@@ -270,7 +282,7 @@ impl Source for FileSource {
                 return Ok(Planned::Exhausted);
             }
             tokio::time::sleep(FOLLOW_POLL).await;
-            (chunks, end) = self.files.read_lines(start, None, self.max_lines)?;
+            (chunks, end) = self.files.read_lines(start, None, self.budget)?;
         }
         let range = PartitionRange {
             partition: self.partition.clone(),
@@ -290,7 +302,9 @@ impl Source for FileSource {
             ([range], _) => {
                 let start = self.offset(&range.start)?;
                 let end = self.offset(&range.end)?;
-                self.files.read_lines(start, Some(end), i64::MAX)?.0
+                self.files
+                    .read_lines(start, Some(end), EpochBudget::UNBOUNDED)?
+                    .0
             }
             ([_, extra, ..], _) => {
                 return Err(SourceError::BadPosition {
@@ -316,6 +330,10 @@ mod tests {
     use super::*;
 
     fn source(path: &Path, max_lines: i64, follow: bool) -> FileSource {
+        source_within(path, max_lines, i64::MAX, follow)
+    }
+
+    fn source_within(path: &Path, max_lines: i64, max_bytes: i64, follow: bool) -> FileSource {
         let spec = FileSpec {
             path: path.display().to_string(),
             max_lines_per_trigger: Some(max_lines),
@@ -326,6 +344,7 @@ mod tests {
             replicas: 1,
             max_records_per_epoch: i64::MAX,
             read_ahead: true,
+            max_bytes_per_epoch: max_bytes,
         };
         FileSource::new(&spec, &context).unwrap()
     }
@@ -389,6 +408,32 @@ mod tests {
             committed.insert(range.partition, range.end);
         }
         assert_eq!(read.len(), expected.len());
+        assert!(read == expected, "records differ from the file's lines");
+    }
+
+    #[tokio::test]
+    async fn an_epoch_ends_at_the_line_that_reaches_the_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let expected = lines_file(&path);
+        let budget = 1 << 20;
+        let mut source = source_within(&path, i64::MAX, budget, false);
+        let mut committed = Positions::new();
+        let mut read = Vec::new();
+        let mut epochs = 0;
+        while let Some((lines, range)) = epoch(&mut source, &committed).await {
+            let (Position::Offset(start), Position::Offset(end)) = (&range.start, &range.end)
+            else {
+                unreachable!("file positions are offsets")
+            };
+            // Whole lines only: the last one may run past the budget.
+            let last_line = lines.last().map_or(0, |(line, _)| line.len() as i64 + 4);
+            assert!(end - start <= budget + last_line, "{range:?}");
+            read.extend(lines);
+            committed.insert(range.partition, range.end);
+            epochs += 1;
+        }
+        assert!(epochs > 3, "{epochs} epochs");
         assert!(read == expected, "records differ from the file's lines");
     }
 

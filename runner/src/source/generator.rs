@@ -17,6 +17,7 @@ use sluice_crds::GeneratorSource as GeneratorSpec;
 use super::{
     Chunk, PartitionId, PartitionRange, Planned, Position, Positions, Source, SourceContext,
     SourceError,
+    budget::{EpochBudget, RecordSize},
 };
 
 /// How much older than its nominal time (beyond `maxDisorder`) a late event is.
@@ -30,7 +31,9 @@ const STREAM_PREFIX: &str = "generator@";
 pub struct GeneratorSource {
     spec: GeneratorSpec,
     late_threshold: u64,
-    max_per_epoch: i64,
+    /// The epoch's bounds; the bytes from the size of the events generated so far.
+    budget: EpochBudget,
+    size: RecordSize,
     started: Instant,
     start_millis: Option<i64>,
     first_position: Option<i64>,
@@ -63,7 +66,11 @@ impl GeneratorSource {
         Ok(Self {
             spec: spec.clone(),
             late_threshold: (late_fraction * u64::MAX as f64) as u64,
-            max_per_epoch: context.max_records_per_epoch,
+            budget: EpochBudget {
+                max_records: context.max_records_per_epoch.max(1),
+                max_bytes: context.max_bytes_per_epoch.max(1),
+            },
+            size: RecordSize::default(),
             started: Instant::now(),
             start_millis,
             first_position: None,
@@ -154,7 +161,9 @@ impl Source for GeneratorSource {
         if start >= total {
             return Ok(Planned::Exhausted);
         }
-        let mut end = total.min(start.saturating_add(self.max_per_epoch));
+        self.size.settle();
+        let most = self.budget.records_of(self.size.estimate());
+        let mut end = total.min(start.saturating_add(most));
         if self.spec.events_per_second > 0 {
             let rate = self.spec.events_per_second as f64;
             let mut allowed = first + (self.started.elapsed().as_secs_f64() * rate) as i64;
@@ -216,6 +225,7 @@ impl Source for GeneratorSource {
             chunk.seal(begin..chunk.bytes(), n);
         }
         self.reading = Some((range, stop));
+        self.size.observe_many(chunk.len(), chunk.bytes());
         Ok(Some(chunk))
     }
 }

@@ -14,6 +14,7 @@
 //! 3. After the epoch's outputs and checkpoint are durable, [`Source::commit`]
 //!    reports the end positions (Kafka commits its consumer group there).
 
+pub mod budget;
 mod eventhub;
 mod file;
 mod generator;
@@ -149,6 +150,11 @@ pub struct SourceContext {
     /// The engine has several threads: a source whose planning reads the
     /// data (files) may read the next epoch while this one is processed.
     pub read_ahead: bool,
+    /// Upper bound on the bytes of the records one epoch reads across this
+    /// replica's partitions (`spec.trigger.maxBytes`, else a share of the
+    /// memory limit: see [`crate::memory`]). Sources that plan before
+    /// reading estimate it from the sizes of the records they read before.
+    pub max_bytes_per_epoch: i64,
 }
 
 /// Records read from one partition, laid out contiguously so that reading

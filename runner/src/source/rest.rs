@@ -33,7 +33,7 @@ use sluice_crds::{HttpMethod, RestSource as RestSpec};
 
 use super::{
     Chunk, PartitionId, PartitionRange, Planned, Position, Positions, Source, SourceContext,
-    SourceError,
+    SourceError, budget::EpochBudget,
 };
 use crate::{
     http::{self, Failure, RetryPolicy},
@@ -121,6 +121,16 @@ enum Item {
     },
 }
 
+impl Item {
+    /// Bytes the item holds in the epoch.
+    fn bytes(&self) -> i64 {
+        match self {
+            Self::Event(event) => event.len() as i64,
+            Self::Rejected { body, .. } => body.len() as i64,
+        }
+    }
+}
+
 /// A successful HTTP answer.
 enum Reply {
     Page {
@@ -150,7 +160,8 @@ pub struct RestSource {
     partition: PartitionId,
     poll_interval: Duration,
     request_spacing: Option<Duration>,
-    max_records: u64,
+    /// Events are read while planning, so the bytes are bounded exactly.
+    budget: EpochBudget,
     requests: RequestMeter,
     /// When the last request went out, for `maxRequestsPerSecond`.
     last_request: Mutex<Option<Instant>>,
@@ -264,7 +275,10 @@ impl RestSource {
             paging,
             poll_interval: spec.poll_interval.as_std(),
             request_spacing,
-            max_records: u64::try_from(context.max_records_per_epoch.max(1)).unwrap_or(1),
+            budget: EpochBudget {
+                max_records: context.max_records_per_epoch.max(1),
+                max_bytes: context.max_bytes_per_epoch.max(1),
+            },
             requests,
             last_request: Mutex::new(None),
             not_before: None,
@@ -405,24 +419,33 @@ impl RestSource {
         Reply::Page { events, next }
     }
 
-    /// Moves `position` over one response, reading at most `budget` events.
-    /// Returns the events read and whether the API has nothing more for now.
+    /// Moves `position` over one response, reading events until `budget`'s
+    /// records or bytes are spent (the event that reaches the byte bound is
+    /// the last). Returns the events read and whether the API has nothing
+    /// more for now.
     fn advance(
         &self,
         position: &mut RestPosition,
         events: Vec<Value>,
         next: Option<String>,
-        budget: u64,
+        budget: EpochBudget,
     ) -> (Vec<Item>, bool) {
         let len = events.len() as u64;
         let available = len.saturating_sub(position.skip);
-        let take = available.min(budget);
-        let items: Vec<Item> = events
+        let mut items = Vec::new();
+        let mut bytes = 0_i64;
+        for event in events
             .into_iter()
             .skip(usize::try_from(position.skip).unwrap_or(usize::MAX))
-            .take(usize::try_from(take).unwrap_or(usize::MAX))
-            .map(|event| Item::Event(serde_json::to_vec(&event).unwrap_or_default()))
-            .collect();
+        {
+            if items.len() as i64 >= budget.max_records || bytes >= budget.max_bytes {
+                break;
+            }
+            let event = serde_json::to_vec(&event).unwrap_or_default();
+            bytes = bytes.saturating_add(event.len() as i64);
+            items.push(Item::Event(event));
+        }
+        let take = items.len() as u64;
         position.seq += take as i64;
         if take < available {
             position.skip += take;
@@ -461,18 +484,20 @@ impl RestSource {
     ) -> Result<(RestPosition, Vec<Item>), SourceError> {
         let mut position = start.clone();
         let mut items = Vec::new();
+        let mut left = self.budget;
         loop {
-            let budget = self.max_records.saturating_sub(items.len() as u64);
             match self.fetch(&position).await {
                 Ok(Reply::Page { events, next }) => {
                     self.failures = None;
-                    let (read, caught_up) = self.advance(&mut position, events, next, budget);
+                    let (read, caught_up) = self.advance(&mut position, events, next, left);
+                    left.max_records -= read.len() as i64;
+                    left.max_bytes -= read.iter().map(Item::bytes).sum::<i64>();
                     items.extend(read);
                     if caught_up {
                         self.not_before = Some(Instant::now() + self.poll_interval);
                         break;
                     }
-                    if items.len() as u64 >= self.max_records {
+                    if left.max_records <= 0 || left.max_bytes <= 0 {
                         break;
                     }
                 }
@@ -505,7 +530,10 @@ impl RestSource {
         let mut position = start;
         let mut items = Vec::new();
         while position.seq < end.seq && !position.same_place(end) {
-            let budget = u64::try_from(end.seq - position.seq).unwrap_or(0);
+            let budget = EpochBudget {
+                max_records: end.seq - position.seq,
+                ..EpochBudget::UNBOUNDED
+            };
             let at = position.clone();
             let this = self;
             let attempt = || {

@@ -5,6 +5,7 @@ mod clickhouse_sink;
 mod common;
 mod dedup;
 mod elasticsearch_sink;
+mod epoch_bytes;
 mod event_time;
 mod kafka;
 mod key_group_sinks;

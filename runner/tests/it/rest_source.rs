@@ -64,6 +64,7 @@ fn context(max_records_per_epoch: i64) -> SourceContext {
         replicas: 1,
         max_records_per_epoch,
         read_ahead: false,
+        max_bytes_per_epoch: i64::MAX,
     }
 }
 

@@ -40,7 +40,7 @@ use sluice_crds::{KafkaSource as KafkaSpec, ReadLimits, StartingOffsets};
 use self::read::{ReadRange, StashedRecord};
 use super::{
     Backlog, Chunk, PartitionId, PartitionRange, Planned, Positions, Source, SourceContext,
-    SourceError,
+    SourceError, budget::RecordSize,
 };
 use crate::{
     kafka::{KafkaConnection, KafkaError, ReportingContext, Target},
@@ -52,6 +52,19 @@ const KIND: &str = "kafka";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most queued events of the metadata client served at a time.
 const EVENTS_PER_SERVE: usize = 64;
+/// The consumer's prefetch: a quarter of the epoch's byte budget, between
+/// librdkafka's smallest workable fetch (`fetch.max.bytes` must be at least
+/// `message.max.bytes`, 1,000,000 by default) and 16 MiB, past which larger
+/// fetches gain nothing.
+const MIN_PREFETCH_BYTES: i64 = 1 << 20;
+const MAX_PREFETCH_BYTES: i64 = 16 << 20;
+/// librdkafka's default bound of one partition's share of a fetch.
+const MAX_PARTITION_FETCH_BYTES: i64 = 1 << 20;
+
+/// Bytes the Kafka client may fetch ahead of the epoch being read.
+fn prefetch_bytes(max_bytes_per_epoch: i64) -> i64 {
+    (max_bytes_per_epoch / 4).clamp(MIN_PREFETCH_BYTES, MAX_PREFETCH_BYTES)
+}
 
 /// What to consume, besides how to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +91,8 @@ struct PartitionState {
     initial_start: Option<i64>,
     /// Kafka timestamp (ms) of the last record read, for lag in seconds.
     last_timestamp_ms: Option<i64>,
+    /// Bytes per record, to fit plans in the byte budget.
+    size: RecordSize,
 }
 
 /// Consumes Kafka topics epoch by epoch. See the module docs.
@@ -93,6 +108,7 @@ pub struct KafkaSource {
     replica: u32,
     replicas: u32,
     max_records_per_epoch: i64,
+    max_bytes_per_epoch: i64,
     /// Owned partitions, by topic, as of the last metadata refresh.
     owned: BTreeMap<PartitionId, PartitionState>,
     partition_counts: HashMap<String, usize>,
@@ -133,6 +149,7 @@ impl KafkaSource {
         topics: KafkaTopics,
         context: &SourceContext,
     ) -> Result<Self, SourceError> {
+        let prefetch = prefetch_bytes(context.max_bytes_per_epoch);
         let mut config = connection.client_config();
         config
             .set("group.id", &topics.consumer_group)
@@ -140,9 +157,16 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
             .set("enable.partition.eof", "false")
-            // Bounded prefetch: at most this much per partition waits in memory.
-            .set("queued.max.messages.kbytes", "16384")
-            .set("fetch.max.bytes", "16777216")
+            // Bounded prefetch, a share of the epoch's byte budget: the
+            // consumer queue holds at most this much (all partitions
+            // together: records reach the source through one queue), and
+            // one fetch brings at most as much again.
+            .set("queued.max.messages.kbytes", (prefetch / 1024).to_string())
+            .set("fetch.max.bytes", prefetch.to_string())
+            .set(
+                "max.partition.fetch.bytes",
+                prefetch.min(MAX_PARTITION_FETCH_BYTES).to_string(),
+            )
             .set("socket.timeout.ms", "10000")
             .set("reconnect.backoff.max.ms", "5000");
         // The spec's own properties win over these defaults too.
@@ -166,6 +190,7 @@ impl KafkaSource {
             metadata: Arc::new(metadata),
             brokers,
             max_records_per_epoch: per_trigger.min(context.max_records_per_epoch).max(1),
+            max_bytes_per_epoch: context.max_bytes_per_epoch.max(1),
             topics,
             replica: context.replica,
             replicas: context.replicas.max(1),
@@ -290,6 +315,16 @@ mod tests {
         replicas: u32,
         limit: i64,
     ) -> KafkaSource {
+        mock_source_within(cluster, replica, replicas, limit, i64::MAX)
+    }
+
+    fn mock_source_within(
+        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        replica: u32,
+        replicas: u32,
+        limit: i64,
+        max_bytes: i64,
+    ) -> KafkaSource {
         let connection = KafkaConnection {
             bootstrap_servers: cluster.bootstrap_servers(),
             ..KafkaConnection::default()
@@ -308,18 +343,24 @@ mod tests {
             replicas,
             max_records_per_epoch: i64::MAX,
             read_ahead: false,
+            max_bytes_per_epoch: max_bytes,
         };
         KafkaSource::connect(&connection, topics, &context).unwrap()
     }
 
     fn produce(bootstrap: &str, partitions: i32, per_partition: i64) {
+        produce_padded(bootstrap, partitions, per_partition, 0);
+    }
+
+    /// `partition:n` payloads, padded with spaces to at least `size` bytes.
+    fn produce_padded(bootstrap: &str, partitions: i32, per_partition: i64, size: usize) {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .create()
             .unwrap();
         for partition in 0..partitions {
             for n in 0..per_partition {
-                let payload = format!("{partition}:{n}");
+                let payload = format!("{:<size$}", format!("{partition}:{n}"));
                 producer
                     .send(
                         BaseRecord::<(), _>::to("events")
@@ -416,6 +457,52 @@ mod tests {
         assert_eq!(total, 300);
         let backlog = source.backlog().unwrap();
         assert!(backlog.iter().all(|b| b.records == 0), "{backlog:?}");
+    }
+
+    fn planned_records(ranges: &[PartitionRange]) -> i64 {
+        ranges
+            .iter()
+            .map(|r| match (&r.start, &r.end) {
+                (Position::Offset(s), Position::Offset(e)) => e - s,
+                _ => unreachable!(),
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn epochs_of_large_records_fit_the_byte_budget_once_the_size_is_known() {
+        const RECORD: usize = 1000;
+        const BUDGET: i64 = 1 << 20;
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("events", 2, 1).unwrap();
+        produce_padded(&cluster.bootstrap_servers(), 2, 2000, RECORD);
+        let mut source = mock_source_within(&cluster, 0, 1, 1_000_000, BUDGET);
+
+        // Nothing read yet: a small first epoch, sized for 64 KiB records.
+        let first = ranges(source.plan(&Positions::new()).await.unwrap());
+        assert_eq!(planned_records(&first), 16);
+        let mut committed = Positions::new();
+        let mut read = read_epoch(&mut source, &first).await.len();
+        committed.extend(first.into_iter().map(|r| (r.partition, r.end)));
+        let mut epochs = 1;
+        while read < 4000 {
+            let next = ranges(source.plan(&committed).await.unwrap());
+            let records = read_epoch(&mut source, &next).await;
+            let bytes: usize = records.iter().map(|(_, _, payload)| payload.len()).sum();
+            assert!(bytes as i64 <= BUDGET, "epoch {epochs} read {bytes} bytes");
+            if read + records.len() < 4000 {
+                assert!(
+                    bytes as i64 > BUDGET - 2 * RECORD as i64,
+                    "epoch {epochs} read only {bytes} bytes"
+                );
+            }
+            read += records.len();
+            committed.extend(next.into_iter().map(|r| (r.partition, r.end)));
+            epochs += 1;
+        }
+        assert_eq!(read, 4000);
+        // 16 records, then about 1048 per epoch.
+        assert_eq!(epochs, 5);
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! Planning an epoch: which partitions this replica owns, where each one
-//! starts, and how the epoch's record budget is shared between them.
+//! starts, and how the epoch's record and byte budget is shared between them.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -13,7 +13,10 @@ use sluice_crds::StartingOffsets;
 use super::{KIND, KafkaSource, REQUEST_TIMEOUT};
 use crate::{
     kafka::{KafkaError, Target, blocking},
-    source::{Backlog, PartitionId, PartitionRange, Planned, Position, Positions, SourceError},
+    source::{
+        Backlog, PartitionId, PartitionRange, Planned, Position, Positions, SourceError,
+        budget::EpochBudget,
+    },
 };
 
 /// How often partition counts are re-read.
@@ -107,7 +110,26 @@ impl KafkaSource {
             .iter()
             .map(|id| (high.get(id).copied().unwrap_or(0) - starts[id]).max(0))
             .collect();
-        let takes = share_budget(&backlogs, self.epoch_budget());
+        // Sizes learnt from the epochs read so far; a partition not read yet
+        // is assumed as large as the largest known, or large when none is.
+        let mut sizes: Vec<Option<f64>> = partitions
+            .iter()
+            .map(|id| {
+                self.owned.get_mut(id).and_then(|state| {
+                    state.size.settle();
+                    state.size.estimate()
+                })
+            })
+            .collect();
+        let largest = sizes.iter().flatten().copied().reduce(f64::max);
+        for size in &mut sizes {
+            *size = size.or(largest);
+        }
+        let budget = EpochBudget {
+            max_records: self.epoch_budget(),
+            max_bytes: self.max_bytes_per_epoch,
+        };
+        let takes = budget.share(&backlogs, &sizes);
         let mut ranges = Vec::with_capacity(partitions.len());
         for ((id, take), high_watermark) in partitions.iter().zip(takes).zip(
             partitions
@@ -292,7 +314,7 @@ impl KafkaSource {
         Ok(offsets)
     }
 
-    /// This epoch's record budget: `maxOffsetsPerTrigger`, and the per-second
+    /// This epoch's record bound: `maxOffsetsPerTrigger`, and the per-second
     /// rate over the time since the previous plan.
     fn epoch_budget(&mut self) -> i64 {
         let now = Instant::now();
@@ -307,70 +329,5 @@ impl KafkaSource {
             }
             _ => self.max_records_per_epoch,
         }
-    }
-}
-
-/// Splits `budget` records over partitions. Every partition with a backlog
-/// gets a fair floor first (an even share of half the budget, at least one
-/// record), so a partition with a small backlog is read every epoch instead
-/// of waiting behind big ones until it is taken for idle; the rest goes in
-/// proportion to what is left of each backlog. With fewer records in the
-/// budget than partitions with data, each still reads one.
-fn share_budget(backlogs: &[i64], budget: i64) -> Vec<i64> {
-    let total: i64 = backlogs.iter().sum();
-    if total <= budget {
-        return backlogs.to_vec();
-    }
-    let with_data = backlogs.iter().filter(|backlog| **backlog > 0).count() as i64;
-    let floor = (budget / (2 * with_data.max(1))).max(1);
-    let mut takes: Vec<i64> = backlogs
-        .iter()
-        .map(|backlog| (*backlog).min(floor))
-        .collect();
-    let budget = (budget - takes.iter().sum::<i64>()).max(0);
-    let rest: Vec<i64> = backlogs.iter().zip(&takes).map(|(b, t)| b - t).collect();
-    let rest_total: i64 = rest.iter().sum();
-    let mut shares: Vec<i64> = rest
-        .iter()
-        .map(|left| ((*left as i128 * budget as i128) / rest_total.max(1) as i128) as i64)
-        .collect();
-    let mut left = budget - shares.iter().sum::<i64>();
-    for (share, rest) in shares.iter_mut().zip(&rest) {
-        if left == 0 {
-            break;
-        }
-        if *share < *rest {
-            *share += 1;
-            left -= 1;
-        }
-    }
-    for (take, share) in takes.iter_mut().zip(shares) {
-        *take += share;
-    }
-    takes
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budget_is_shared_in_proportion_to_backlog() {
-        assert_eq!(share_budget(&[10, 0, 5], 100), vec![10, 0, 5]);
-        // A floor of 25 each, then the other 50 in proportion to 275 and 75.
-        assert_eq!(share_budget(&[300, 100], 100), vec![65, 35]);
-        assert_eq!(share_budget(&[1_000_000, 0], 100), vec![100, 0]);
-    }
-
-    #[test]
-    fn every_partition_with_a_backlog_is_read_every_epoch() {
-        // One huge backlog and a few records elsewhere: proportional shares
-        // would round the small ones down to nothing, epoch after epoch.
-        let backlogs = [10_000_000, 3, 40, 0];
-        let takes = share_budget(&backlogs, 100_000);
-        assert_eq!(&takes[1..], &[3, 40, 0]);
-        assert_eq!(takes.iter().sum::<i64>(), 100_000);
-        // Fewer records in the budget than partitions with data: one each.
-        assert_eq!(share_budget(&[5, 5, 5], 2), vec![1, 1, 1]);
     }
 }

@@ -20,8 +20,11 @@ use crate::{
     source::{Chunk, PartitionId, PartitionRange, Position, SourceError},
 };
 
-/// Records per chunk handed to the pipeline.
+/// Records per chunk handed to the pipeline, and bytes: a chunk is handed
+/// out when it holds either (large records would otherwise make every
+/// partition's chunk in the making megabytes long).
 const CHUNK_RECORDS: usize = 8192;
+const CHUNK_BYTES: usize = 1 << 20;
 /// How long `next_chunk` waits for a record before handing out a partial chunk.
 const POLL_SLICE: Duration = Duration::from_millis(100);
 /// No record for this long while a range is unfinished and the broker is
@@ -266,10 +269,14 @@ impl KafkaSource {
         range.building.push(payload, offset);
         range.next = offset + 1;
         state.read_to = Some(range.next);
+        state.size.observe(payload.len());
         if timestamp_ms.is_some() {
             state.last_timestamp_ms = timestamp_ms;
         }
-        if range.done() || range.building.len() >= CHUNK_RECORDS {
+        if range.done()
+            || range.building.len() >= CHUNK_RECORDS
+            || range.building.bytes() >= CHUNK_BYTES
+        {
             let full = std::mem::replace(&mut range.building, Chunk::new(index));
             self.ready.push_back(full);
         }
