@@ -167,6 +167,11 @@ impl KafkaSource {
                 "max.partition.fetch.bytes",
                 prefetch.min(MAX_PARTITION_FETCH_BYTES).to_string(),
             )
+            // A full queue makes librdkafka pause fetching for this long
+            // (1 s by default); the source drains the queue within
+            // milliseconds, so a long pause starves every epoch that reads
+            // more than one queue's worth.
+            .set("fetch.queue.backoff.ms", "10")
             .set("socket.timeout.ms", "10000")
             .set("reconnect.backoff.max.ms", "5000");
         // The spec's own properties win over these defaults too.

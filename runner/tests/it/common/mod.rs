@@ -518,10 +518,20 @@ pub fn runner_address(logs: &mpsc::Receiver<String>) -> String {
 /// returns what it read last.
 pub async fn poll_until<T>(
     runners: &mut [&mut Child],
+    read: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    poll_until_for(Duration::from_secs(300), runners, read, done).await
+}
+
+/// [`poll_until`] for at most `patience`.
+pub async fn poll_until_for<T>(
+    patience: Duration,
+    runners: &mut [&mut Child],
     mut read: impl AsyncFnMut() -> T,
     done: impl Fn(&T) -> bool,
 ) -> T {
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + patience;
     loop {
         let value = read().await;
         if done(&value) || Instant::now() > deadline {
