@@ -898,13 +898,13 @@ mod tests {
             .collect()
     }
 
-    /// Runs one epoch of `engine` over the given partitions' events.
-    fn run_epoch(
-        engine: &mut Engine,
+    /// The plan of one epoch reading all of the given partitions' events.
+    fn plan_of(
         epoch: u64,
         partitions: &[(i32, &[String], i64)],
-    ) -> EpochOutput {
-        let plan = EpochPlan {
+        planned_at: Option<i64>,
+    ) -> EpochPlan {
+        EpochPlan {
             epoch,
             ranges: partitions
                 .iter()
@@ -915,8 +915,17 @@ mod tests {
                 })
                 .collect(),
             idle: Vec::new(),
-            planned_at: None,
-        };
+            planned_at,
+        }
+    }
+
+    /// Runs one epoch of `engine` over the given partitions' events.
+    fn run_epoch(
+        engine: &mut Engine,
+        epoch: u64,
+        partitions: &[(i32, &[String], i64)],
+    ) -> EpochOutput {
+        let plan = plan_of(epoch, partitions, None);
         let mut run = engine.begin_epoch(&plan);
         for (index, (_, events, from)) in partitions.iter().enumerate() {
             let mut chunk = Chunk::new(index);
@@ -936,19 +945,7 @@ mod tests {
         partitions: &[(i32, &[String], i64)],
         chunk_len: usize,
     ) -> EpochOutput {
-        let plan = EpochPlan {
-            epoch,
-            ranges: partitions
-                .iter()
-                .map(|(partition, events, from)| PartitionRange {
-                    partition: PartitionId::new("events", *partition),
-                    start: Position::Offset(*from),
-                    end: Position::Offset(from + events.len() as i64),
-                })
-                .collect(),
-            idle: Vec::new(),
-            planned_at: Some(1_795_514_400_000),
-        };
+        let plan = plan_of(epoch, partitions, Some(1_795_514_400_000));
         let mut run = engine.begin_epoch(&plan);
         let mut chunks: Vec<Vec<Chunk>> = partitions
             .iter()
