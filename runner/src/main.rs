@@ -60,6 +60,7 @@ struct RunArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    sluice_runner::memory::bound_allocator_arenas();
     let cli = Cli::parse();
     let Command::Run(args) = cli.command;
     let text = std::fs::read_to_string(&args.manifest)

@@ -281,6 +281,33 @@ struct Commit {
     task: tokio::task::JoinHandle<Returned>,
 }
 
+/// A background commit that has ended, taken out of the pipeline.
+struct CommitEnded {
+    epoch: u64,
+    started: Instant,
+    figures: EngineFigures,
+    returned: Result<Returned, tokio::task::JoinError>,
+}
+
+/// Waits for the background commit in `committing`, if any, and takes it
+/// out once it has ended. Cancel-safe: dropped while waiting, the commit
+/// stays where it was.
+async fn commit_ended(committing: &mut Option<Commit>) -> Option<CommitEnded> {
+    let returned = (&mut committing.as_mut()?.task).await;
+    let Commit {
+        epoch,
+        started,
+        figures,
+        ..
+    } = committing.take()?;
+    Some(CommitEnded {
+        epoch,
+        started,
+        figures,
+        returned,
+    })
+}
+
 /// What a background commit gives back: the outputs it borrowed, and how it went.
 struct Returned {
     outputs: Outputs,
@@ -596,13 +623,31 @@ impl Pipeline {
                 } else {
                     wait.max(Duration::from_millis(50))
                 };
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = stop.changed() => {}
-                }
+                self.pause(pause, stop).await?;
             }
         }
         Ok(())
+    }
+
+    /// Waits `pause` between epochs (less if `stop` turns true), recording
+    /// the last epoch's commit as soon as it ends: with no next epoch to
+    /// wait for it, an idle pipeline would otherwise never report its last
+    /// epoch (status, metrics, checkpoint, consumer-group offsets).
+    async fn pause(
+        &mut self,
+        pause: Duration,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), PipelineError> {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                _ = stop.changed() => return Ok(()),
+                Some(ended) = commit_ended(&mut self.committing), if self.committing.is_some() => {
+                    self.record_commit(ended).await?;
+                }
+            }
+        }
     }
 
     async fn open_sinks(&mut self) -> Result<(), PipelineError> {
@@ -770,16 +815,21 @@ impl Pipeline {
     /// takes the sinks back and records what it did: metrics, status, and
     /// for a checkpoint the source's commit and the pruning of old ones.
     async fn finish_commit(&mut self) -> Result<(), PipelineError> {
-        let Some(Commit {
+        match commit_ended(&mut self.committing).await {
+            Some(ended) => self.record_commit(ended).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the sinks back from an ended commit and records what it did.
+    async fn record_commit(&mut self, ended: CommitEnded) -> Result<(), PipelineError> {
+        let CommitEnded {
             epoch,
             started,
             figures,
-            task,
-        }) = self.committing.take()
-        else {
-            return Ok(());
-        };
-        let returned = task.await.map_err(|error| PipelineError::CommitLost {
+            returned,
+        } = ended;
+        let returned = returned.map_err(|error| PipelineError::CommitLost {
             epoch,
             message: error.to_string(),
         })?;

@@ -121,9 +121,6 @@ fn row_ids(batches: &[RecordBatch]) -> (usize, HashSet<(i32, i64)>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hangs on main since the perf, outage and bytes branches were merged together: \
-            the runner stops inside a planned epoch (e.g. epoch 20 of 20, 194,720 of 204,800 events \
-            read, Ready=true, idle), which each branch alone did not do; see the issue 14 note"]
 async fn a_backlog_of_large_events_beyond_the_memory_limit_is_read_within_it() {
     let broker = KafkaBroker::start().unwrap();
     produce(&broker);

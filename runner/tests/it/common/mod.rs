@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -416,27 +416,42 @@ pub fn edit_spec(manifest: &Path, edit: impl FnOnce(&mut serde_yaml::Value)) {
     std::fs::write(manifest, serde_yaml::to_string(&document).unwrap()).unwrap();
 }
 
+/// Where to keep every runner's log besides handing it to the test, and at
+/// what level: for a test that fails only now and then.
+const KEEP_LOGS_ENV: &str = "SLUICE_TEST_RUNNER_LOGS";
+const LOG_LEVEL_ENV: &str = "SLUICE_TEST_RUNNER_LOG_LEVEL";
+
 /// Starts `sluice-runner run <manifest>` with JSON logs on stderr, which are
-/// forwarded line by line to the returned receiver.
+/// forwarded line by line to the returned receiver (and, with
+/// `SLUICE_TEST_RUNNER_LOGS=<dir>`, kept in `<dir>/runner-<pid>.log`).
 pub fn spawn_runner(manifest: &Path, env: &[(&str, String)]) -> (Child, mpsc::Receiver<String>) {
+    let level =
+        std::env::var(LOG_LEVEL_ENV).unwrap_or_else(|_| "warn,sluice_runner=info".to_owned());
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-runner"))
         .arg("run")
         .arg(manifest)
         .args(["--listen", "127.0.0.1:0", "--quiet"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "warn,sluice_runner=info")
+        .env("RUST_LOG", level)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sluice-runner");
     let stderr = child.stderr.take().unwrap();
+    let mut kept = std::env::var_os(KEEP_LOGS_ENV).map(|dir| {
+        let path = Path::new(&dir).join(format!("runner-{}.log", child.id()));
+        std::fs::File::create(&path)
+            .unwrap_or_else(|error| panic!("cannot keep the runner's log in {path:?}: {error}"))
+    });
     let (lines, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
+            if let Some(file) = kept.as_mut() {
+                let _ = writeln!(file, "{line}");
             }
+            // The test may have stopped listening; the log is still kept.
+            let _ = lines.send(line);
         }
     });
     (child, receiver)
