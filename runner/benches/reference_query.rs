@@ -38,6 +38,8 @@ use sluice_runner::{
 const LINES_PER_EPOCH: u32 = 1_000_000;
 
 fn main() -> anyhow::Result<()> {
+    // As the runner's own `main` does.
+    sluice_runner::memory::bound_allocator_arenas();
     let events: i64 = std::env::var("SLUICE_BENCH_EVENTS")
         .ok()
         .and_then(|n| n.parse().ok())

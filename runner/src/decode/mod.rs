@@ -1,8 +1,11 @@
 //! JSON decoding that reads only the fields the pipeline uses (event time,
 //! group-by and aggregation fields, transform variables) in one pass over the
-//! event with `serde_json`, skipping every other value without building it and
-//! borrowing field text from the event where possible.
+//! event, skipping every other value without building it and borrowing field
+//! text from the event where possible. A flat object of plain values is
+//! scanned directly (`flat`); any other event is read with `serde_json`
+//! (`paths`), which also decides what is malformed.
 
+mod flat;
 mod paths;
 mod timestamp;
 
@@ -110,10 +113,17 @@ impl Decoder {
         if !(trimmed.starts_with(b"{") && trimmed.ends_with(b"}")) {
             return Err("not a JSON object".into());
         }
-        values.clear();
-        values.resize(self.paths.len(), FieldValue::Missing);
+        if values.len() == self.paths.len() {
+            values.fill(FieldValue::Missing);
+        } else {
+            values.clear();
+            values.resize(self.paths.len(), FieldValue::Missing);
+        }
         let text = std::str::from_utf8(trimmed).map_err(|e| format!("not UTF-8 text: {e}"))?;
-        self.tree.read(text, values)?;
+        if flat::read(&self.tree, text, values).is_err() {
+            values.fill(FieldValue::Missing);
+            self.tree.read(text, values)?;
+        }
         self.event_time(&values[TIMESTAMP_SLOT])
     }
 

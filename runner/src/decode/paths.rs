@@ -17,7 +17,7 @@ pub struct PathTree {
 }
 
 #[derive(Debug, Default)]
-struct PathNode {
+pub(super) struct PathNode {
     /// The slot of the path that ends at this key, if one does.
     slot: Option<usize>,
     /// Paths that go on below this key.
@@ -53,7 +53,7 @@ impl PathTree {
         &mut self.keys[index].1
     }
 
-    fn child(&self, key: &str) -> Option<&PathNode> {
+    pub(super) fn child(&self, key: &str) -> Option<&PathNode> {
         self.keys
             .iter()
             .find(|(k, _)| k == key)
@@ -70,6 +70,18 @@ impl PathTree {
             .deserialize(&mut parser)
             .and_then(|()| parser.end())
             .map_err(|e| format!("invalid JSON: {e}"))
+    }
+}
+
+impl PathNode {
+    /// The slot of the path that ends at this key, if one does.
+    pub(super) fn slot(&self) -> Option<usize> {
+        self.slot
+    }
+
+    /// Whether paths go on below this key.
+    pub(super) fn has_paths_below(&self) -> bool {
+        !self.below.keys.is_empty()
     }
 }
 
@@ -105,7 +117,7 @@ impl<'a> Visitor<'a> for ObjectReader<'_, '_, 'a> {
                 self.values[slot] = field_value(raw).map_err(M::Error::custom)?;
             }
             // Paths below a value that is not an object stay missing.
-            if !node.below.keys.is_empty() && raw.starts_with('{') {
+            if node.has_paths_below() && raw.starts_with('{') {
                 node.below
                     .read(raw, self.values)
                     .map_err(M::Error::custom)?;
