@@ -119,8 +119,8 @@ impl Decoder {
             values.clear();
             values.resize(self.paths.len(), FieldValue::Missing);
         }
-        let text = std::str::from_utf8(trimmed).map_err(|e| format!("not UTF-8 text: {e}"))?;
-        if flat::read(&self.tree, text, values).is_err() {
+        if flat::read(&self.tree, trimmed, values).is_err() {
+            let text = std::str::from_utf8(trimmed).map_err(|e| format!("not UTF-8 text: {e}"))?;
             values.fill(FieldValue::Missing);
             self.tree.read(text, values)?;
         }

@@ -53,10 +53,10 @@ impl PathTree {
         &mut self.keys[index].1
     }
 
-    pub(super) fn child(&self, key: &str) -> Option<&PathNode> {
+    pub(super) fn child(&self, key: &[u8]) -> Option<&PathNode> {
         self.keys
             .iter()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| k.as_bytes() == key)
             .map(|(_, node)| node)
     }
 
@@ -146,6 +146,6 @@ impl<'t> Visitor<'_> for KeyLookup<'t> {
     }
 
     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.child(key))
+        Ok(self.0.child(key.as_bytes()))
     }
 }
