@@ -175,7 +175,7 @@ impl Files {
     ) -> Result<(Vec<Chunk>, i64), SourceError> {
         let segments = self.segments()?;
         let mut chunks = Vec::new();
-        let mut chunk = Chunk::new(0);
+        let mut chunk = Chunk::with_capacity(0, READ_BLOCK as usize, CHUNK_LINES);
         let mut position = start;
         let mut lines = 0;
         let spent = |lines: i64, position: i64| {
@@ -226,7 +226,12 @@ impl Files {
                     position += consumed as i64;
                     scanned += consumed;
                     if chunk.len() >= CHUNK_LINES {
-                        let mut next = Chunk::new(0);
+                        // The next chunk will likely be as long as this one.
+                        let mut next = Chunk::with_capacity(
+                            0,
+                            chunk.bytes() + READ_BLOCK as usize,
+                            CHUNK_LINES,
+                        );
                         next.buffer_mut()
                             .extend_from_slice(&chunk.buffer()[scanned..]);
                         chunk.buffer_mut().truncate(scanned);

@@ -210,6 +210,19 @@ impl Chunk {
         }
     }
 
+    /// An empty chunk with room for `bytes` of payloads and `records`
+    /// records, for sources that know about how large their chunks come out
+    /// (growing a buffer of a megabyte by doubling copies it and touches
+    /// fresh pages several times over).
+    pub fn with_capacity(range_index: usize, bytes: usize, records: usize) -> Self {
+        Self {
+            range_index,
+            buffer: Vec::with_capacity(bytes),
+            records: Vec::with_capacity(records),
+            ..Self::default()
+        }
+    }
+
     /// Appends a record without key or headers.
     pub fn push(&mut self, payload: &[u8], offset: i64) {
         let start = self.buffer.len();
