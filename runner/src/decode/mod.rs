@@ -171,24 +171,23 @@ fn field_value(raw: &str) -> Result<FieldValue<'_>, String> {
         Some(b't') => FieldValue::Bool(true),
         Some(b'f') => FieldValue::Bool(false),
         Some(b'n') => FieldValue::Null,
-        _ => {
-            let text = raw;
-            if text.contains(['.', 'e', 'E']) {
-                FieldValue::Float(
-                    text.parse()
-                        .map_err(|e| format!("invalid number {text}: {e}"))?,
-                )
-            } else {
-                match text.parse() {
-                    Ok(int) => FieldValue::Int(int),
-                    Err(_) => FieldValue::Float(
-                        text.parse()
-                            .map_err(|e| format!("invalid number {text}: {e}"))?,
-                    ),
-                }
-            }
-        }
+        _ => number_value(raw)?,
     })
+}
+
+/// A JSON number's value: an integer when it is written as one and fits,
+/// else a float.
+fn number_value(text: &str) -> Result<FieldValue<'_>, String> {
+    let float = || {
+        text.parse()
+            .map(FieldValue::Float)
+            .map_err(|e| format!("invalid number {text}: {e}"))
+    };
+    if text.contains(['.', 'e', 'E']) {
+        float()
+    } else {
+        text.parse().map(FieldValue::Int).or_else(|_| float())
+    }
 }
 
 #[cfg(test)]
