@@ -79,7 +79,15 @@ pub fn is_transient(error: &DeltaTableError) -> bool {
         other => {
             let mut cause = std::error::Error::source(other);
             while let Some(error) = cause {
-                if let Some(store) = error.downcast_ref::<object_store::Error>() {
+                // Writers that speak `std::io` wrap the store's error in an
+                // I/O error, whose `source()` would skip it.
+                let wrapped = error
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref);
+                let store = wrapped
+                    .and_then(|inner| inner.downcast_ref::<object_store::Error>())
+                    .or_else(|| error.downcast_ref::<object_store::Error>());
+                if let Some(store) = store {
                     return crate::storage::is_transient(store);
                 }
                 cause = error.source();
@@ -358,6 +366,34 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
+
+    /// The Parquet writer reports a failed upload as an I/O error around
+    /// the object store's (its `AsyncWrite` speaks `std::io`), and an I/O
+    /// error's `source()` skips the error it wraps.
+    #[test]
+    fn an_upload_failing_inside_the_parquet_writer_is_transient() {
+        let unreachable = || object_store::Error::Generic {
+            store: "S3",
+            source: "error sending request".into(),
+        };
+        let parquet = |inner: Box<dyn std::error::Error + Send + Sync>| DeltaTableError::Parquet {
+            source: parquet::errors::ParquetError::External(inner),
+        };
+        assert!(is_transient(&parquet(Box::new(unreachable()))));
+        assert!(is_transient(&parquet(Box::new(std::io::Error::other(
+            unreachable()
+        )))));
+        let refused = object_store::Error::Precondition {
+            path: "lake/_delta_log/00000000000000000001.json".into(),
+            source: "exists".into(),
+        };
+        assert!(!is_transient(&parquet(Box::new(std::io::Error::other(
+            refused
+        )))));
+        assert!(!is_transient(&parquet(Box::new(std::io::Error::other(
+            "a corrupt file"
+        )))));
+    }
 
     /// The key-group stages of several replicas open one window table at
     /// the same moment on their first start: each creates it or finds it.
