@@ -387,6 +387,37 @@ async fn reference_query_over_a_partitioned_topic_matches_the_batch_computation(
     run_to_the_end(&manifest, &[], &table, &expected, &broker).await;
 }
 
+/// With checkpoints due only every 20 s, a pipeline that has read
+/// everything still checkpoints its last epochs once the interval has
+/// passed, with no new data to start another epoch: lag tools see the
+/// consumer group at the end while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_up_pipeline_commits_the_end_of_the_topic_within_the_checkpoint_interval() {
+    let broker = KafkaBroker::start().unwrap();
+    let topic = Topic::generate(10_000, 3);
+    topic.produce(&broker);
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, table) = manifest(dir.path(), &broker, "", "");
+    edit_spec(&manifest, |spec| {
+        spec["checkpoint"]["interval"] = "20s".into();
+        // No epoch for partitions turning idle either (it would checkpoint).
+        spec["window"]["idleTimeout"] = "1h".into();
+    });
+    let expected = expected_windows(&topic.lines).windows;
+    let (mut runner, logs) = spawn_runner(&manifest, &[]);
+    let actual = wait_for_table(&table, &expected, &mut runner).await;
+    assert_eq!(
+        actual, expected,
+        "Delta rows differ from the batch computation"
+    );
+    wait_for_committed_end(&broker);
+    assert!(
+        runner.try_wait().unwrap().is_none(),
+        "the runner exited, which commits at shutdown"
+    );
+    stop_gracefully(runner, logs);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_and_a_broker_restart_lose_and_duplicate_nothing() {
     let mut broker = KafkaBroker::start().unwrap();
