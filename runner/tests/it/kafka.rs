@@ -329,8 +329,9 @@ pub(crate) fn stop_gracefully(runner: Child, logs: mpsc::Receiver<String>) {
 }
 
 /// Runs the pipeline until its Delta table holds exactly `expected` (the
-/// batch computation), stops it gracefully, and waits for the consumer
-/// group's offsets to reach the end of the topic.
+/// batch computation) and, while it still runs, the consumer group's
+/// offsets reach the end of the topic (as lag tools would show); then stops
+/// it gracefully.
 async fn run_to_the_end(
     manifest: &Path,
     env: &[(&str, String)],
@@ -344,8 +345,12 @@ async fn run_to_the_end(
         &actual, expected,
         "Delta rows differ from the batch computation"
     );
-    stop_gracefully(runner, logs);
     wait_for_committed_end(broker);
+    assert!(
+        runner.try_wait().unwrap().is_none(),
+        "the runner exited (which also commits the offsets)"
+    );
+    stop_gracefully(runner, logs);
 }
 
 /// Polls until the consumer group's committed offsets are the topic's end offsets.
@@ -404,18 +409,7 @@ async fn a_caught_up_pipeline_commits_the_end_of_the_topic_within_the_checkpoint
         spec["window"]["idleTimeout"] = "1h".into();
     });
     let expected = expected_windows(&topic.lines).windows;
-    let (mut runner, logs) = spawn_runner(&manifest, &[]);
-    let actual = wait_for_table(&table, &expected, &mut runner).await;
-    assert_eq!(
-        actual, expected,
-        "Delta rows differ from the batch computation"
-    );
-    wait_for_committed_end(&broker);
-    assert!(
-        runner.try_wait().unwrap().is_none(),
-        "the runner exited, which commits at shutdown"
-    );
-    stop_gracefully(runner, logs);
+    run_to_the_end(&manifest, &[], &table, &expected, &broker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
