@@ -114,7 +114,15 @@ pub async fn open_table(
 ) -> Result<DeltaTable, DeltaTableError> {
     deltalake::aws::register_handlers(None);
     let url = deltalake::table::builder::ensure_table_uri(uri)?;
-    DeltaTable::try_from_url_with_storage_options(url, options).await
+    let mut table = deltalake::DeltaTableBuilder::from_url(url)?
+        .with_storage_options(options)
+        .build()?;
+    // Loading where no table is yet makes the Delta kernel log an ERROR
+    // ("No files in log segment") on every first start: look first.
+    if table.verify_deltatable_existence().await? {
+        table.load().await?;
+    }
+    Ok(table)
 }
 
 #[async_trait]
@@ -395,17 +403,69 @@ mod tests {
         )))));
     }
 
+    /// A Delta sink spec for a table not yet created under `dir`, and a schema.
+    fn new_table_in(dir: &std::path::Path) -> (DeltaSpec, SchemaRef) {
+        let spec = DeltaSpec {
+            uri: dir.join("table").display().to_string(),
+            credentials_secret_ref: None,
+            partition_by: Vec::new(),
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        (spec, schema)
+    }
+
+    /// Errors logged while `work` runs on this thread.
+    async fn logged_errors(work: impl std::future::Future<Output = ()>) -> Vec<String> {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Clone, Default)]
+        struct Errors(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Errors {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                if *event.metadata().level() == tracing::Level::ERROR
+                    && let Ok(mut errors) = self.0.lock()
+                {
+                    errors.push(format!("{}: {event:?}", event.metadata().target()));
+                }
+            }
+        }
+        let errors = Errors::default();
+        let subscriber = tracing_subscriber::registry().with(errors.clone());
+        let guard = tracing::subscriber::set_default(subscriber);
+        work.await;
+        drop(guard);
+        errors.0.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// A first start creates the table without an ERROR in the log (users
+    /// read one as something gone wrong), and a second start loads it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_new_table_is_created_without_an_error_in_the_log_and_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spec, schema) = new_table_in(dir.path());
+        let errors = logged_errors(async {
+            DeltaSink::new("lake", &spec, false)
+                .open(schema.clone())
+                .await
+                .unwrap();
+        })
+        .await;
+        assert!(errors.is_empty(), "{errors:#?}");
+        let table = open_table(&spec.uri, HashMap::new()).await.unwrap();
+        assert_eq!(table.version(), Some(0));
+    }
+
     /// The key-group stages of several replicas open one window table at
     /// the same moment on their first start: each creates it or finds it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn replicas_opening_a_new_table_together_all_succeed() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = DeltaSpec {
-            uri: dir.path().join("table").display().to_string(),
-            credentials_secret_ref: None,
-            partition_by: Vec::new(),
-        };
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let (spec, schema) = new_table_in(dir.path());
         let opens = (0..8).map(|_| {
             let (spec, schema) = (spec.clone(), schema.clone());
             tokio::spawn(async move { DeltaSink::new("lake", &spec, false).open(schema).await })
