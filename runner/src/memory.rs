@@ -91,11 +91,13 @@ impl MemoryLimit {
 
 /// Environment variable with which glibc's own arena limit is set; when the
 /// user sets it, [`bound_allocator_arenas`] leaves theirs.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const ARENA_MAX_ENV: &str = "MALLOC_ARENA_MAX";
 /// Heap arenas glibc may keep.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const ARENAS: i32 = 2;
 
-/// Bounds glibc's heap arenas to [`ARENAS`]. By default glibc opens one per
+/// Bounds glibc's heap arenas to two. By default glibc opens one per
 /// thread that allocates (up to eight per core): memory an epoch freed on
 /// one thread then stays resident in its arena while the next epoch fills
 /// another, and a runner whose epochs fit a 160 MiB limit peaked at 164 MiB
