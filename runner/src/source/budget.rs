@@ -23,6 +23,13 @@ impl EpochBudget {
         max_bytes: i64::MAX,
     };
 
+    /// Whether an epoch that has read `records` records of `bytes` bytes
+    /// has spent the budget: reading stops there (the record that reaches
+    /// the byte bound is the last).
+    pub fn is_spent(&self, records: i64, bytes: i64) -> bool {
+        records >= self.max_records || bytes >= self.max_bytes
+    }
+
     /// Records of one partition the budget allows, for records of
     /// `bytes_per_record` (`None`: not known yet); at least one, so that a
     /// record larger than the whole budget is still read, alone.

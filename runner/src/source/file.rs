@@ -94,9 +94,7 @@ impl FileSource {
             && let Ok(Ok((chunks, end))) = ahead.task.await
         {
             let lines: usize = chunks.iter().map(Chunk::len).sum();
-            let whole_epoch =
-                lines as i64 >= self.budget.max_records || end - start >= self.budget.max_bytes;
-            if !self.files.follow || whole_epoch {
+            if !self.files.follow || self.budget.is_spent(lines as i64, end - start) {
                 return Ok((chunks, end));
             }
         }
@@ -178,9 +176,7 @@ impl Files {
         let mut chunk = Chunk::with_capacity(0, READ_BLOCK as usize, CHUNK_LINES);
         let mut position = start;
         let mut lines = 0;
-        let spent = |lines: i64, position: i64| {
-            lines >= budget.max_records || position - start >= budget.max_bytes
-        };
+        let spent = |lines: i64, position: i64| budget.is_spent(lines, position - start);
         for (index, segment) in segments.iter().enumerate() {
             let segment_end = segment.start + segment.len;
             if segment_end <= position || spent(lines, position) {

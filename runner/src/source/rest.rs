@@ -438,7 +438,7 @@ impl RestSource {
             .into_iter()
             .skip(usize::try_from(position.skip).unwrap_or(usize::MAX))
         {
-            if items.len() as i64 >= budget.max_records || bytes >= budget.max_bytes {
+            if budget.is_spent(items.len() as i64, bytes) {
                 break;
             }
             let event = serde_json::to_vec(&event).unwrap_or_default();
