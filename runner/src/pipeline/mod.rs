@@ -272,40 +272,30 @@ struct Outputs {
     dead_letter: Box<dyn DeadLetter>,
 }
 
-/// An epoch whose outputs are being committed in the background.
-struct Commit {
+/// An epoch processed, as the pipeline records it once its commit has ended.
+struct Processed {
     epoch: u64,
     /// When the epoch's processing started.
     started: Instant,
     figures: EngineFigures,
+}
+
+/// An epoch whose outputs are being committed in the background.
+struct Commit {
+    processed: Processed,
     task: tokio::task::JoinHandle<Returned>,
 }
 
-/// A background commit that has ended, taken out of the pipeline.
-struct CommitEnded {
-    epoch: u64,
-    started: Instant,
-    figures: EngineFigures,
-    returned: Result<Returned, tokio::task::JoinError>,
-}
+/// How a background commit ended: what it gave back, or why it stopped.
+type Ended = Result<Returned, tokio::task::JoinError>;
 
 /// Waits for the background commit in `committing`, if any, and takes it
 /// out once it has ended. Cancel-safe: dropped while waiting, the commit
 /// stays where it was.
-async fn commit_ended(committing: &mut Option<Commit>) -> Option<CommitEnded> {
-    let returned = (&mut committing.as_mut()?.task).await;
-    let Commit {
-        epoch,
-        started,
-        figures,
-        ..
-    } = committing.take()?;
-    Some(CommitEnded {
-        epoch,
-        started,
-        figures,
-        returned,
-    })
+async fn commit_ended(committing: &mut Option<Commit>) -> Option<(Processed, Ended)> {
+    let ended = (&mut committing.as_mut()?.task).await;
+    let Commit { processed, .. } = committing.take()?;
+    Some((processed, ended))
 }
 
 /// What a background commit gives back: the outputs it borrowed, and how it went.
@@ -651,8 +641,8 @@ impl Pipeline {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return Ok(()),
                 _ = stop.changed() => return Ok(()),
-                Some(ended) = commit_ended(&mut self.committing), if self.committing.is_some() => {
-                    self.record_commit(ended).await?;
+                Some((processed, ended)) = commit_ended(&mut self.committing), if self.committing.is_some() => {
+                    self.record_commit(processed, ended).await?;
                 }
             }
         }
@@ -811,9 +801,11 @@ impl Pipeline {
         let store = Arc::clone(&self.checkpoints);
         let task = tokio::spawn(commit(outputs, key, output, checkpoint, store));
         self.committing = Some(Commit {
-            epoch: plan.epoch,
-            started,
-            figures,
+            processed: Processed {
+                epoch: plan.epoch,
+                started,
+                figures,
+            },
             task,
         });
         Ok(())
@@ -824,20 +816,23 @@ impl Pipeline {
     /// for a checkpoint the source's commit and the pruning of old ones.
     async fn finish_commit(&mut self) -> Result<(), PipelineError> {
         match commit_ended(&mut self.committing).await {
-            Some(ended) => self.record_commit(ended).await,
+            Some((processed, ended)) => self.record_commit(processed, ended).await,
             None => Ok(()),
         }
     }
 
     /// Takes the sinks back from an ended commit and records what it did.
-    async fn record_commit(&mut self, ended: CommitEnded) -> Result<(), PipelineError> {
-        let CommitEnded {
+    async fn record_commit(
+        &mut self,
+        processed: Processed,
+        ended: Ended,
+    ) -> Result<(), PipelineError> {
+        let Processed {
             epoch,
             started,
             figures,
-            returned,
-        } = ended;
-        let returned = returned.map_err(|error| PipelineError::CommitLost {
+        } = processed;
+        let returned = ended.map_err(|error| PipelineError::CommitLost {
             epoch,
             message: error.to_string(),
         })?;
