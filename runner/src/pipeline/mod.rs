@@ -604,13 +604,11 @@ impl Pipeline {
                 tracing::info!(epoch, "epoch planned");
                 let checkpoint = self.last_checkpoint_at.elapsed() >= self.checkpoint_interval;
                 self.run_epoch(&plan, checkpoint).await?;
-            } else if self.last_checkpoint != self.last_epoch
-                && self.last_checkpoint_at.elapsed() >= self.checkpoint_interval
-            {
+            } else if self.last_checkpoint_at.elapsed() >= self.checkpoint_interval {
                 // Caught up: checkpoint the epochs read since the last
-                // checkpoint, so that the consumer group (and every lag
-                // tool) reaches the end within one interval, and a restart
-                // has nothing to replay.
+                // checkpoint (if any), so that the consumer group (and every
+                // lag tool) reaches the end within one interval, and a
+                // restart has nothing to replay.
                 self.checkpoint().await?;
             }
             let wait = self.trigger.saturating_sub(started.elapsed());
