@@ -53,10 +53,11 @@ impl PathTree {
         &mut self.keys[index].1
     }
 
+    #[inline]
     pub(super) fn child(&self, key: &[u8]) -> Option<&PathNode> {
         self.keys
             .iter()
-            .find(|(k, _)| k.as_bytes() == key)
+            .find(|(k, _)| same_key(k.as_bytes(), key))
             .map(|(_, node)| node)
     }
 
@@ -82,6 +83,20 @@ impl PathNode {
     /// Whether paths go on below this key.
     pub(super) fn has_paths_below(&self) -> bool {
         !self.below.keys.is_empty()
+    }
+}
+
+/// Whether two object keys are the same. Keys are short: those of 8 to 16
+/// bytes are compared as two overlapping words, without calling `memcmp`.
+#[inline]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let words = |key: &[u8]| Some((*key.first_chunk::<8>()?, *key.last_chunk::<8>()?));
+    match (words(a), words(b)) {
+        (Some(a_words), Some(b_words)) if a.len() <= 16 => a_words == b_words,
+        _ => a == b,
     }
 }
 
@@ -147,5 +162,24 @@ impl<'t> Visitor<'_> for KeyLookup<'t> {
 
     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
         Ok(self.0.child(key.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_the_same_only_when_every_byte_is() {
+        for length in 0..40 {
+            let key: Vec<u8> = (0..length).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same_key(&key, &key.clone()), "{length}");
+            for at in 0..length {
+                let mut other = key.clone();
+                other[at] = b'_';
+                assert!(!same_key(&key, &other), "{length} bytes, differing at {at}");
+            }
+            assert!(!same_key(&key, &[key.as_slice(), b"x"].concat()));
+        }
     }
 }

@@ -1,21 +1,23 @@
 //! RFC 3339 event times on the hot path. Neighbouring events of a stream
 //! share their date and hour (even out of order by minutes), so the parser
-//! remembers the last hour `jiff` resolved and reads only the minutes,
+//! remembers the last two hours `jiff` resolved and reads only the minutes,
 //! seconds and fraction of a canonical UTC time (`2026-11-24T10:00:00.123Z`)
 //! itself. Every other form (offsets,
 //! lower-case separators, leap seconds, times before 1970) goes to `jiff`
 //! whole, so the result is always exactly jiff's.
 //!
-//! The remembered hour is per thread, so that the engine's worker threads
+//! The remembered hours are per thread, so that the engine's worker threads
 //! share the decoder without sharing a cache line; it depends only on the
 //! text, so every parser of a thread can use it.
 
 use std::cell::Cell;
 
 thread_local! {
-    /// `YYYY-MM-DDTHH` of the last canonical time this thread read, and when
-    /// that hour starts.
-    static LAST_HOUR: Cell<Option<([u8; 13], i64)>> = const { Cell::new(None) };
+    /// `YYYY-MM-DDTHH` of the last two hours of canonical times this
+    /// thread read, the latest first, and when each starts. Two, because
+    /// out-of-order events around the turn of an hour alternate between
+    /// its two sides. Zero bytes match no time.
+    static RECENT_HOURS: Cell<[([u8; 13], i64); 2]> = const { Cell::new([([0; 13], 0); 2]) };
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +45,12 @@ impl Rfc3339Parser {
         let (minutes, seconds) = (sexagesimal(*m1, *m2)?, sexagesimal(*s1, *s2)?);
         let millis = match tail {
             [b'Z'] => 0,
+            // Milliseconds, the usual form, read without a loop.
+            [b'.', hundreds, tens, units, b'Z'] => {
+                i64::from(digit(*hundreds)?) * 100
+                    + i64::from(digit(*tens)?) * 10
+                    + i64::from(digit(*units)?)
+            }
             [b'.', fraction @ .., b'Z'] if (1..=9).contains(&fraction.len()) => {
                 let mut millis = 0;
                 for place in 0..3 {
@@ -60,10 +68,9 @@ impl Rfc3339Parser {
     }
 
     fn hour_start(&self, hour: &[u8; 13]) -> Option<i64> {
-        if let Some((cached, start)) = LAST_HOUR.get()
-            && cached == *hour
-        {
-            return Some(start);
+        let recent = RECENT_HOURS.get();
+        if let Some((_, start)) = recent.iter().find(|(known, _)| known == hour) {
+            return Some(*start);
         }
         let canonical = hour.iter().enumerate().all(|(i, byte)| match i {
             4 | 7 => *byte == b'-',
@@ -82,7 +89,7 @@ impl Rfc3339Parser {
         if start < 0 {
             return None;
         }
-        LAST_HOUR.set(Some((*hour, start)));
+        RECENT_HOURS.set([(*hour, start), recent[0]]);
         Some(start)
     }
 }

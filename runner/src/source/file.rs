@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use sluice_crds::FileSource as FileSpec;
 
 use super::{
-    Chunk, PartitionId, PartitionRange, Planned, Position, Positions, Source, SourceContext,
-    SourceError, budget::EpochBudget,
+    Chunk, ChunkBuffers, PartitionId, PartitionRange, Planned, Position, Positions, Source,
+    SourceContext, SourceError, budget::EpochBudget,
 };
 
 const KIND: &str = "file";
@@ -22,6 +22,8 @@ const DEFAULT_MAX_LINES: i64 = 100_000;
 const CHUNK_LINES: usize = 8192;
 /// Bytes read from a file at once.
 const READ_BLOCK: u64 = 256 * 1024;
+/// A plan expected to span fewer bytes is read on one thread.
+const TWO_THREADS_FROM_BYTES: i64 = 4 << 20;
 /// How long `plan` waits for appended data in follow mode before planning an
 /// empty epoch.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -47,6 +49,10 @@ pub struct FileSource {
 struct Files {
     path: PathBuf,
     follow: bool,
+    buffers: ChunkBuffers,
+    /// Plans expected to span this many bytes or more are read on two
+    /// threads when the engine has threads to spare.
+    two_threads_from: i64,
 }
 
 /// The lines of the epoch after the one planned last, being read.
@@ -69,6 +75,12 @@ impl FileSource {
             files: Files {
                 path: PathBuf::from(&spec.path),
                 follow: spec.follow,
+                buffers: ChunkBuffers::default(),
+                two_threads_from: if context.read_ahead {
+                    TWO_THREADS_FROM_BYTES
+                } else {
+                    i64::MAX
+                },
             },
             budget: EpochBudget {
                 max_records: spec
@@ -92,13 +104,11 @@ impl FileSource {
         if let Some(ahead) = self.ahead.take()
             && ahead.start == start
             && let Ok(Ok((chunks, end))) = ahead.task.await
+            && (!self.files.follow || self.budget.is_spent(lines_in(&chunks), end - start))
         {
-            let lines: usize = chunks.iter().map(Chunk::len).sum();
-            if !self.files.follow || self.budget.is_spent(lines as i64, end - start) {
-                return Ok((chunks, end));
-            }
+            return Ok((chunks, end));
         }
-        self.files.read_lines(start, None, self.budget)
+        self.files.read_plan(start, self.budget)
     }
 
     /// Starts reading the epoch after one ending at `start`.
@@ -156,6 +166,110 @@ impl Files {
         Ok(segments)
     }
 
+    /// Reads a new plan from `start` as [`Files::read_lines`] would, on two
+    /// threads when it is expected to be long: nothing overlaps a plan read
+    /// with no read-ahead to take over (the first one, mostly), so with one
+    /// thread it held up the whole engine. The first chunk's lines are read
+    /// alone and tell how long lines are; the rest of the expected span is
+    /// split at a line start, both halves are read at once, and the second
+    /// is cut where one thread would have stopped (or read on from its end
+    /// when the lines ran longer than expected).
+    fn read_plan(&self, start: i64, budget: EpochBudget) -> Result<(Vec<Chunk>, i64), SourceError> {
+        let first_chunk = EpochBudget {
+            max_records: budget.max_records.min(CHUNK_LINES as i64),
+            ..budget
+        };
+        let (mut chunks, end) = self.read_lines(start, None, first_chunk)?;
+        let mut lines = lines_in(&chunks);
+        if lines == 0 || budget.is_spent(lines, end - start) {
+            return Ok((chunks, end));
+        }
+        let bytes_per_line = (end - start) as f64 / lines as f64;
+        let expected = ((budget.max_records - lines) as f64 * bytes_per_line) as i64;
+        let expected = expected.min(budget.max_bytes - (end - start));
+        let middle = if expected >= self.two_threads_from {
+            self.line_start_from(end + expected / 2)?
+        } else {
+            None
+        };
+        let rest = budget_after(budget, lines, end - start);
+        let Some(middle) = middle else {
+            let (more, end) = self.read_lines(end, None, rest)?;
+            chunks.extend(more);
+            return Ok((chunks, end));
+        };
+        // The second half reads a sixteenth past the expected end, so
+        // that lines a little longer than the first chunk's rarely need a
+        // third read.
+        let second_half = EpochBudget {
+            max_records: budget.max_records - lines,
+            max_bytes: (end + expected + expected / 16 - middle).max(1),
+        };
+        let (first, second) = std::thread::scope(|scope| {
+            let second = scope.spawn(|| self.read_lines(middle, None, second_half));
+            let first = self.read_lines(end, Some(middle), rest);
+            (first, second.join())
+        });
+        let (first, first_end) = first?;
+        lines += lines_in(&first);
+        chunks.extend(first);
+        if first_end < middle || budget.is_spent(lines, first_end - start) {
+            return Ok((chunks, first_end));
+        }
+        let (second, second_end) = match second {
+            Ok(read) => read?,
+            Err(_) => self.read_lines(middle, None, second_half)?,
+        };
+        let mut end = middle;
+        for mut chunk in second {
+            match lines_taken(&chunk, start, budget, &mut lines, &mut end) {
+                Some(kept) => {
+                    chunk.truncate(kept);
+                    if !chunk.is_empty() {
+                        chunks.push(chunk);
+                    }
+                    return Ok((chunks, end));
+                }
+                None => chunks.push(chunk),
+            }
+        }
+        let rest = budget_after(budget, lines, second_end - start);
+        let (more, end) = self.read_lines(second_end, None, rest)?;
+        chunks.extend(more);
+        Ok((chunks, end))
+    }
+
+    /// Where the first line that starts at or after `position` starts;
+    /// `None` past the end, or when the last file's last line is not
+    /// complete there.
+    fn line_start_from(&self, position: i64) -> Result<Option<i64>, SourceError> {
+        let segments = self.segments()?;
+        let Some(index) = segments
+            .iter()
+            .position(|segment| position < segment.start + segment.len)
+        else {
+            return Ok(None);
+        };
+        let segment = &segments[index];
+        let io_error = |e| self.io_error(&segment.path, e);
+        let mut file = std::fs::File::open(&segment.path).map_err(io_error)?;
+        let mut at = position;
+        file.seek(SeekFrom::Start((at - segment.start) as u64))
+            .map_err(io_error)?;
+        let mut block = vec![0; 64 * 1024];
+        loop {
+            let read = file.read(&mut block).map_err(io_error)?;
+            if read == 0 {
+                // A file's end is a line's end when a later file exists.
+                return Ok(segments.get(index + 1).map(|next| next.start));
+            }
+            if let Some(newline) = memchr::memchr(b'\n', &block[..read]) {
+                return Ok(Some(at + newline as i64 + 1));
+            }
+            at += read as i64;
+        }
+    }
+
     /// Reads whole lines from `start`, stopping at `end` (a replayed plan) or
     /// once `budget` is spent (a new plan: its lines or bytes; the line that
     /// reaches the byte bound is the last). A file's last line needs no
@@ -173,7 +287,7 @@ impl Files {
     ) -> Result<(Vec<Chunk>, i64), SourceError> {
         let segments = self.segments()?;
         let mut chunks = Vec::new();
-        let mut chunk = Chunk::with_capacity(0, READ_BLOCK as usize, CHUNK_LINES);
+        let mut chunk = self.buffers.chunk(0, READ_BLOCK as usize, CHUNK_LINES);
         let mut position = start;
         let mut lines = 0;
         let spent = |lines: i64, position: i64| budget.is_spent(lines, position - start);
@@ -223,11 +337,9 @@ impl Files {
                     scanned += consumed;
                     if chunk.len() >= CHUNK_LINES {
                         // The next chunk will likely be as long as this one.
-                        let mut next = Chunk::with_capacity(
-                            0,
-                            chunk.bytes() + READ_BLOCK as usize,
-                            CHUNK_LINES,
-                        );
+                        let mut next =
+                            self.buffers
+                                .chunk(0, chunk.bytes() + READ_BLOCK as usize, CHUNK_LINES);
                         next.buffer_mut()
                             .extend_from_slice(&chunk.buffer()[scanned..]);
                         chunk.buffer_mut().truncate(scanned);
@@ -250,6 +362,51 @@ impl Files {
             chunks.push(chunk);
         }
         Ok((chunks, position))
+    }
+}
+
+/// Lines in `chunks`.
+fn lines_in(chunks: &[Chunk]) -> i64 {
+    chunks.iter().map(|chunk| chunk.len() as i64).sum()
+}
+
+/// How many of `chunk`'s lines a plan from `start` within `budget` takes
+/// after `lines` lines ending at `end`, when not all of them: as
+/// [`Files::read_lines`] stops, at the end of the line that spends the
+/// budget, or at the start of a line past the byte bound (after a blank
+/// line). Counts the lines taken into `lines` and `end`.
+fn lines_taken(
+    chunk: &Chunk,
+    start: i64,
+    budget: EpochBudget,
+    lines: &mut i64,
+    end: &mut i64,
+) -> Option<usize> {
+    for (index, record) in chunk.iter().enumerate() {
+        if budget.is_spent(*lines, *end - start) {
+            return Some(index);
+        }
+        if budget.is_spent(*lines, record.offset - start) {
+            *end = record.offset;
+            return Some(index);
+        }
+        *lines += 1;
+        let after = chunk.after_record(index);
+        let ending = match after {
+            [b'\r', b'\n', ..] => 2,
+            [b'\n' | b'\r', ..] => 1,
+            _ => 0,
+        };
+        *end = record.offset + record.payload.len() as i64 + ending;
+    }
+    None
+}
+
+/// What is left of `budget` after `lines` lines of `bytes` bytes.
+fn budget_after(budget: EpochBudget, lines: i64, bytes: i64) -> EpochBudget {
+    EpochBudget {
+        max_records: budget.max_records - lines,
+        max_bytes: budget.max_bytes - bytes,
     }
 }
 
@@ -279,6 +436,7 @@ impl Source for FileSource {
         };
         let (mut chunks, mut end) = self.lines_from(start).await?;
         if end == start {
+            self.files.buffers.release();
             if !self.files.follow {
                 return Ok(Planned::Exhausted);
             }
@@ -450,6 +608,86 @@ mod tests {
         let replayed = read_all(&mut replayer).await;
         assert_eq!(replayed.len(), 12_345);
         assert!(replayed == planned && planned[..] == expected[..12_345]);
+    }
+
+    /// Lines and offsets of `chunks`.
+    fn records(chunks: &[Chunk]) -> Vec<(Vec<u8>, i64)> {
+        chunks
+            .iter()
+            .flat_map(|chunk| chunk.iter().map(|r| (r.payload.to_vec(), r.offset)))
+            .collect()
+    }
+
+    #[test]
+    fn plans_read_on_two_threads_are_the_plans_one_thread_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let one_file = dir.path().join("one.jsonl");
+        let expected = lines_file(&one_file);
+        // The same lines over three files, the middle one ending without
+        // a newline; and lines that grow longer than the first chunk's.
+        let three_files = dir.path().join("three");
+        std::fs::create_dir(&three_files).unwrap();
+        let text = std::fs::read(&one_file).unwrap();
+        let (a, rest) = text.split_at(text.len() / 3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        let b = b.strip_suffix(b"\n").unwrap_or(b);
+        for (name, part) in [("a.jsonl", a), ("b.jsonl", b), ("c.jsonl", c)] {
+            std::fs::write(three_files.join(name), part).unwrap();
+        }
+        let written = |name: &str, lines: usize, line: &dyn Fn(usize) -> String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, (0..lines).map(line).collect::<String>()).unwrap();
+            path
+        };
+        let growing = written("growing.jsonl", 40_000, &|i| {
+            format!("\"{}\"\n", "x".repeat(i / 200))
+        });
+        // Long lines in the first chunk, then short ones: the first half
+        // alone holds the plan.
+        let dropping = written("dropping.jsonl", 400_000, &|i| {
+            let length = if i < CHUNK_LINES { 200 } else { 3 };
+            format!("\"{}\"\n", "x".repeat(length))
+        });
+        // Lines of 100 bytes, and after the 10,000th a blank line, which
+        // the byte bound of 1,000,002 falls in.
+        let blank = written("blank.jsonl", 40_000, &|i| {
+            let blank = if i == 9_999 { "  \n" } else { "" };
+            format!("\"{}\"\n{blank}", "x".repeat(97))
+        });
+        for path in [&one_file, &three_files, &growing, &dropping, &blank] {
+            for (max_records, max_bytes) in [
+                (7_000, i64::MAX),
+                (12_345, 1 << 20),
+                (25_000, i64::MAX),
+                (i64::MAX, 3 << 20),
+                (i64::MAX, 1_000_002),
+                (1, i64::MAX),
+            ] {
+                let budget = EpochBudget {
+                    max_records,
+                    max_bytes,
+                };
+                let one_thread = source(path, 1, false).files;
+                let mut two_threads = source(path, 1, false).files;
+                two_threads.two_threads_from = 0;
+                let (mut start, mut read) = (0, 0);
+                loop {
+                    let (serial, serial_end) = one_thread.read_lines(start, None, budget).unwrap();
+                    let (split, split_end) = two_threads.read_plan(start, budget).unwrap();
+                    let case = format!("{} from {start}, {budget:?}", path.display());
+                    assert_eq!(split_end, serial_end, "{case}");
+                    assert!(records(&split) == records(&serial), "{case}: other lines");
+                    read += lines_in(&serial);
+                    if serial_end == start || max_records == 1 {
+                        break;
+                    }
+                    start = serial_end;
+                }
+                if path == &one_file && max_records > 1 {
+                    assert_eq!(read, expected.len() as i64, "{budget:?}");
+                }
+            }
+        }
     }
 
     #[tokio::test]

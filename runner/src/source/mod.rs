@@ -15,6 +15,7 @@
 //!    reports the end positions (Kafka commits its consumer group there).
 
 pub mod budget;
+mod buffers;
 mod eventhub;
 mod file;
 mod generator;
@@ -30,6 +31,7 @@ use sluice_crds::SourceSpec;
 
 use crate::telemetry::RequestMeter;
 
+use self::buffers::ChunkBuffers;
 pub use self::{
     eventhub::event_hub_source,
     file::FileSource,
@@ -167,6 +169,8 @@ pub struct Chunk {
     records: Vec<RecordSpan>,
     extras: Vec<RecordExtras>,
     rejected: Vec<RejectedRecord>,
+    /// Where the buffers go back to when the chunk is dropped.
+    recycle: Option<ChunkBuffers>,
 }
 
 /// Input a source received but could not turn into records (a REST response
@@ -204,22 +208,24 @@ pub struct Record<'a> {
 
 impl Chunk {
     pub fn new(range_index: usize) -> Self {
-        Self {
-            range_index,
-            ..Self::default()
-        }
+        Self::from_parts(range_index, Vec::new(), Vec::new(), None)
     }
 
-    /// An empty chunk with room for `bytes` of payloads and `records`
-    /// records, for sources that know about how large their chunks come out
-    /// (growing a buffer of a megabyte by doubling copies it and touches
-    /// fresh pages several times over).
-    pub fn with_capacity(range_index: usize, bytes: usize, records: usize) -> Self {
+    /// A chunk made of (empty) `buffer` and `records`; with `recycle`, they
+    /// go back there when the chunk is dropped.
+    fn from_parts(
+        range_index: usize,
+        buffer: Vec<u8>,
+        records: Vec<RecordSpan>,
+        recycle: Option<ChunkBuffers>,
+    ) -> Self {
         Self {
             range_index,
-            buffer: Vec::with_capacity(bytes),
-            records: Vec::with_capacity(records),
-            ..Self::default()
+            buffer,
+            records,
+            extras: Vec::new(),
+            rejected: Vec::new(),
+            recycle,
         }
     }
 
@@ -275,6 +281,28 @@ impl Chunk {
         });
     }
 
+    /// Keeps the first `records` records.
+    pub fn truncate(&mut self, records: usize) {
+        if let Some(first_dropped) = self.records.get(records) {
+            self.buffer.truncate(first_dropped.start);
+        }
+        self.records.truncate(records);
+        self.extras.truncate(records);
+    }
+
+    /// The buffer's bytes after record `index`'s payload, up to the next
+    /// record's: where the file source keeps line endings.
+    pub fn after_record(&self, index: usize) -> &[u8] {
+        let Some(span) = self.records.get(index) else {
+            return &[];
+        };
+        let next = self
+            .records
+            .get(index + 1)
+            .map_or(self.buffer.len(), |next| next.start);
+        self.buffer.get(span.end..next).unwrap_or_default()
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }
@@ -294,6 +322,17 @@ impl Chunk {
             offset: span.offset,
             extras: self.extras.get(i),
         })
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Some(recycle) = self.recycle.take() {
+            recycle.put(
+                std::mem::take(&mut self.buffer),
+                std::mem::take(&mut self.records),
+            );
+        }
     }
 }
 

@@ -78,11 +78,16 @@ impl Additions {
                 aggregates,
                 panes,
             } => {
-                let start = time.div_euclid(*pane) * *pane;
-                let keyed = match panes.iter().position(|(s, _)| *s == start) {
+                // Found by its range: a 64-bit division per event cost more
+                // than the rest of this function.
+                let width = *pane;
+                let keyed = match panes
+                    .iter()
+                    .position(|(start, _)| (*start..*start + width).contains(&time))
+                {
                     Some(at) => &mut panes[at].1,
                     None => {
-                        panes.push((start, PaneKeys::default()));
+                        panes.push((time.div_euclid(width) * width, PaneKeys::default()));
                         let last = panes.len() - 1;
                         &mut panes[last].1
                     }
