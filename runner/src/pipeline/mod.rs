@@ -272,6 +272,15 @@ struct Outputs {
     dead_letter: Box<dyn DeadLetter>,
 }
 
+/// When an epoch's plan is written ahead of its outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Planning {
+    /// Before it is read (replays, and sources that know their ranges).
+    Written,
+    /// Once it is read (see [`Planned::Reading`]).
+    WhileReading,
+}
+
 /// An epoch processed, as the pipeline records it once its commit has ended.
 struct Processed {
     epoch: u64,
@@ -579,15 +588,16 @@ impl Pipeline {
                 break;
             }
             let started = Instant::now();
-            let ranges = match self.source.plan(&self.positions).await? {
+            let (ranges, reading) = match self.source.plan(&self.positions).await? {
                 Planned::Exhausted => {
                     self.summary.exhausted = true;
                     break;
                 }
-                Planned::Ranges(ranges) => ranges,
+                Planned::Ranges(ranges) => (ranges, false),
+                Planned::Reading(ranges) => (ranges, true),
             };
             let idle = self.idle_partitions(&ranges);
-            let has_data = ranges.iter().any(|r| !r.is_empty());
+            let has_data = reading || ranges.iter().any(|r| !r.is_empty());
             if has_data || self.idle_changed(&idle) {
                 let epoch = self.last_epoch.map_or(0, |e| e + 1);
                 let plan = EpochPlan {
@@ -600,10 +610,16 @@ impl Pipeline {
                 // store holds at most `retainEpochs` epochs plus the two in flight
                 // (one committing, one being processed).
                 self.finish_pruning().await;
-                self.checkpoints.put_plan(&plan).await?;
-                tracing::info!(epoch, "epoch planned");
                 let checkpoint = self.last_checkpoint_at.elapsed() >= self.checkpoint_interval;
-                self.run_epoch(&plan, checkpoint).await?;
+                let planned = if reading {
+                    Planning::WhileReading
+                } else {
+                    Planning::Written
+                };
+                if planned == Planning::Written {
+                    self.write_plan(&plan).await?;
+                }
+                self.run_epoch(plan, planned, checkpoint).await?;
             } else if self.last_checkpoint_at.elapsed() >= self.checkpoint_interval {
                 // Caught up: checkpoint the epochs read since the last
                 // checkpoint (if any), so that the consumer group (and every
@@ -717,7 +733,7 @@ impl Pipeline {
         }
         for plan in plans {
             tracing::info!(epoch = plan.epoch, "replaying planned epoch");
-            self.run_epoch(&plan, false).await?;
+            self.run_epoch(plan, Planning::Written, false).await?;
             self.summary.replayed_epochs += 1;
         }
         // Only replayed epochs need a checkpoint: the restored one is there
@@ -759,13 +775,25 @@ impl Pipeline {
     /// background once the previous epoch's commit has ended (sinks commit
     /// epochs in order). With `checkpoint`, the commit ends with a checkpoint
     /// of the state after this epoch, taken now.
-    async fn run_epoch(&mut self, plan: &EpochPlan, checkpoint: bool) -> Result<(), PipelineError> {
+    async fn run_epoch(
+        &mut self,
+        mut plan: EpochPlan,
+        planning: Planning,
+        checkpoint: bool,
+    ) -> Result<(), PipelineError> {
         let started = Instant::now();
-        self.source.start_epoch(&plan.ranges).await?;
-        let mut run = self.engine.begin_epoch(plan);
+        if planning == Planning::Written {
+            self.source.start_epoch(&plan.ranges).await?;
+        }
+        let mut run = self.engine.begin_epoch(&plan);
         while let Some(chunk) = self.source.next_chunk().await? {
             self.engine.process(&mut run, chunk);
         }
+        if planning == Planning::WhileReading {
+            plan.ranges = self.source.ranges_read()?;
+            self.write_plan(&plan).await?;
+        }
+        let plan = &plan;
         let output = self.engine.finish_epoch(run, plan)?;
         if let Some(topic) = &self.repartition {
             topic.send(&output.shuffle).await?;
@@ -806,6 +834,13 @@ impl Pipeline {
             },
             task,
         });
+        Ok(())
+    }
+
+    /// Writes an epoch's plan ahead of its outputs.
+    async fn write_plan(&self, plan: &EpochPlan) -> Result<(), PipelineError> {
+        self.checkpoints.put_plan(plan).await?;
+        tracing::info!(epoch = plan.epoch, "epoch planned");
         Ok(())
     }
 

@@ -2,8 +2,14 @@
 //! directory read in name order. The position is a byte offset into the files
 //! laid end to end in name order, so files may be added (sorting after the
 //! existing ones) and the last file may grow while `follow` is set.
+//!
+//! An epoch is bounded by lines, so only reading it finds where it ends: a
+//! new epoch is planned as [`Planned::Reading`] and its chunks are handed
+//! out as they are read, the engine processing each while the next is read;
+//! no more than a few chunks are held at once, whatever the epoch's size.
 
 use std::{
+    fs::File,
     io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
     time::Duration,
@@ -11,6 +17,7 @@ use std::{
 
 use async_trait::async_trait;
 use sluice_crds::FileSource as FileSpec;
+use tokio::sync::mpsc;
 
 use super::{
     Chunk, ChunkBuffers, PartitionId, PartitionRange, Planned, Position, Positions, Source,
@@ -22,8 +29,9 @@ const DEFAULT_MAX_LINES: i64 = 100_000;
 const CHUNK_LINES: usize = 8192;
 /// Bytes read from a file at once.
 const READ_BLOCK: u64 = 256 * 1024;
-/// A plan expected to span fewer bytes is read on one thread.
-const TWO_THREADS_FROM_BYTES: i64 = 4 << 20;
+/// Chunks a reading thread may have read that the engine has not taken
+/// yet: enough to keep its workers busy, few enough to stay in cache.
+const CHUNKS_AHEAD: usize = 4;
 /// How long `plan` waits for appended data in follow mode before planning an
 /// empty epoch.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -34,14 +42,11 @@ pub struct FileSource {
     /// `maxLinesPerTrigger` and the byte budget; a file source reads while
     /// planning, so it bounds the bytes exactly.
     budget: EpochBudget,
-    /// Chunks read while planning, handed out by `next_chunk` when the epoch
-    /// started is the one planned last.
-    planned: Option<(PartitionRange, Vec<Chunk>)>,
-    reading: Vec<Chunk>,
-    /// Read the next epoch's lines on a blocking thread while this one is
-    /// processed (when the engine has threads to spare).
+    /// The epoch being read.
+    reading: Option<Reading>,
+    /// Read on a blocking thread, a few chunks ahead of the engine (when
+    /// it has threads to spare), rather than when a chunk is asked for.
     read_ahead: bool,
-    ahead: Option<ReadAhead>,
 }
 
 /// The files to read.
@@ -50,15 +55,30 @@ struct Files {
     path: PathBuf,
     follow: bool,
     buffers: ChunkBuffers,
-    /// Plans expected to span this many bytes or more are read on two
-    /// threads when the engine has threads to spare.
-    two_threads_from: i64,
 }
 
-/// The lines of the epoch after the one planned last, being read.
-struct ReadAhead {
+/// An epoch being read from `start`.
+struct Reading {
     start: i64,
-    task: tokio::task::JoinHandle<Result<(Vec<Chunk>, i64), SourceError>>,
+    /// The chunk read while planning, not handed out yet.
+    first: Option<Chunk>,
+    lines: Lines,
+    /// Where the epoch ends, once its last chunk has been handed out.
+    end: Option<i64>,
+}
+
+/// Where an epoch's chunks come from.
+enum Lines {
+    /// Read when asked for.
+    Here(Box<LineReader>),
+    /// Read ahead on a blocking thread.
+    Ahead(mpsc::Receiver<Result<Streamed, SourceError>>),
+}
+
+/// What a reading thread sends: chunks, then where they end.
+enum Streamed {
+    Chunk(Chunk),
+    End(i64),
 }
 
 /// One file of the set and its place in the global byte order.
@@ -66,6 +86,40 @@ struct Segment {
     path: PathBuf,
     start: i64,
     len: i64,
+}
+
+/// The file being read by a [`LineReader`].
+struct OpenSegment {
+    path: PathBuf,
+    file: File,
+    /// Bytes still to read from it.
+    unread: u64,
+    /// Whether its last line ends with the file, newline or not: once the
+    /// file is complete (a later file exists, or not following) or at a
+    /// replayed range's end.
+    last_line_ends: bool,
+}
+
+/// Reads whole lines from `start` into chunks, one chunk at a time,
+/// stopping at `end` (a replayed range) or once `budget` is spent (a new
+/// epoch: its lines or bytes; the line that reaches the byte bound is the
+/// last). Files are read in blocks straight into the chunk being filled,
+/// whose records are spans of its buffer: each byte is copied once.
+struct LineReader {
+    files: Files,
+    segments: Vec<Segment>,
+    next_segment: usize,
+    open: Option<OpenSegment>,
+    chunk: Chunk,
+    /// Start of the bytes in the chunk's buffer not yet split into lines.
+    scanned: usize,
+    start: i64,
+    /// The end of the last line taken.
+    position: i64,
+    lines: i64,
+    end: Option<i64>,
+    budget: EpochBudget,
+    stopped: bool,
 }
 
 impl FileSource {
@@ -76,11 +130,6 @@ impl FileSource {
                 path: PathBuf::from(&spec.path),
                 follow: spec.follow,
                 buffers: ChunkBuffers::default(),
-                two_threads_from: if context.read_ahead {
-                    TWO_THREADS_FROM_BYTES
-                } else {
-                    i64::MAX
-                },
             },
             budget: EpochBudget {
                 max_records: spec
@@ -90,36 +139,58 @@ impl FileSource {
                     .max(1),
                 max_bytes: context.max_bytes_per_epoch.max(1),
             },
-            planned: None,
-            reading: Vec::new(),
+            reading: None,
             read_ahead: context.read_ahead,
-            ahead: None,
         })
     }
 
-    /// The lines of a new plan from `start`: those read ahead when they
-    /// start there and are what reading now would give (a whole epoch, or
-    /// the end of files that do not grow), else read now.
-    async fn lines_from(&mut self, start: i64) -> Result<(Vec<Chunk>, i64), SourceError> {
-        if let Some(ahead) = self.ahead.take()
-            && ahead.start == start
-            && let Ok(Ok((chunks, end))) = ahead.task.await
-            && (!self.files.follow || self.budget.is_spent(lines_in(&chunks), end - start))
-        {
-            return Ok((chunks, end));
+    fn offset(&self, position: &Position) -> Result<i64, SourceError> {
+        match position {
+            Position::Offset(offset) => Ok(*offset),
+            other => Err(SourceError::BadPosition {
+                source_kind: KIND,
+                partition: self.partition.clone(),
+                position: other.clone(),
+            }),
         }
-        self.files.read_plan(start, self.budget)
     }
 
-    /// Starts reading the epoch after one ending at `start`.
-    fn read_ahead_from(&mut self, start: i64) {
-        if !self.read_ahead {
-            return;
+    fn range(&self, start: i64, end: i64) -> PartitionRange {
+        PartitionRange {
+            partition: self.partition.clone(),
+            start: Position::Offset(start),
+            end: Position::Offset(end),
         }
-        let (files, budget) = (self.files.clone(), self.budget);
-        self.ahead = Some(ReadAhead {
+    }
+
+    /// Starts handing out what `reader` reads after `first`.
+    fn start_reading(&mut self, start: i64, mut reader: LineReader, first: Option<Chunk>) {
+        let lines = if self.read_ahead {
+            let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD);
+            // Ends when the epoch is read, or when it is abandoned (the
+            // receiver dropped).
+            tokio::task::spawn_blocking(move || {
+                loop {
+                    let read = match reader.next_chunk() {
+                        Ok(Some(chunk)) => Ok(Streamed::Chunk(chunk)),
+                        Ok(None) => Ok(Streamed::End(reader.position)),
+                        Err(error) => Err(error),
+                    };
+                    let last = !matches!(read, Ok(Streamed::Chunk(_)));
+                    if sender.blocking_send(read).is_err() || last {
+                        return;
+                    }
+                }
+            });
+            Lines::Ahead(receiver)
+        } else {
+            Lines::Here(Box::new(reader))
+        };
+        self.reading = Some(Reading {
             start,
-            task: tokio::task::spawn_blocking(move || files.read_lines(start, None, budget)),
+            first,
+            lines,
+            end: None,
         });
     }
 }
@@ -166,260 +237,150 @@ impl Files {
         Ok(segments)
     }
 
-    /// Reads a new plan from `start` as [`Files::read_lines`] would, on two
-    /// threads when it is expected to be long: nothing overlaps a plan read
-    /// with no read-ahead to take over (the first one, mostly), so with one
-    /// thread it held up the whole engine. The first chunk's lines are read
-    /// alone and tell how long lines are; the rest of the expected span is
-    /// split at a line start, both halves are read at once, and the second
-    /// is cut where one thread would have stopped (or read on from its end
-    /// when the lines ran longer than expected).
-    fn read_plan(&self, start: i64, budget: EpochBudget) -> Result<(Vec<Chunk>, i64), SourceError> {
-        let first_chunk = EpochBudget {
-            max_records: budget.max_records.min(CHUNK_LINES as i64),
-            ..budget
-        };
-        let (mut chunks, end) = self.read_lines(start, None, first_chunk)?;
-        let mut lines = lines_in(&chunks);
-        if lines == 0 || budget.is_spent(lines, end - start) {
-            return Ok((chunks, end));
-        }
-        let bytes_per_line = (end - start) as f64 / lines as f64;
-        let expected = ((budget.max_records - lines) as f64 * bytes_per_line) as i64;
-        let expected = expected.min(budget.max_bytes - (end - start));
-        let middle = if expected >= self.two_threads_from {
-            self.line_start_from(end + expected / 2)?
-        } else {
-            None
-        };
-        let rest = budget_after(budget, lines, end - start);
-        let Some(middle) = middle else {
-            let (more, end) = self.read_lines(end, None, rest)?;
-            chunks.extend(more);
-            return Ok((chunks, end));
-        };
-        // The second half reads a sixteenth past the expected end, so
-        // that lines a little longer than the first chunk's rarely need a
-        // third read.
-        let second_half = EpochBudget {
-            max_records: budget.max_records - lines,
-            max_bytes: (end + expected + expected / 16 - middle).max(1),
-        };
-        let (first, second) = std::thread::scope(|scope| {
-            let second = scope.spawn(|| self.read_lines(middle, None, second_half));
-            let first = self.read_lines(end, Some(middle), rest);
-            (first, second.join())
-        });
-        let (first, first_end) = first?;
-        lines += lines_in(&first);
-        chunks.extend(first);
-        if first_end < middle || budget.is_spent(lines, first_end - start) {
-            return Ok((chunks, first_end));
-        }
-        let (second, second_end) = match second {
-            Ok(read) => read?,
-            Err(_) => self.read_lines(middle, None, second_half)?,
-        };
-        let mut end = middle;
-        for mut chunk in second {
-            match lines_taken(&chunk, start, budget, &mut lines, &mut end) {
-                Some(kept) => {
-                    chunk.truncate(kept);
-                    if !chunk.is_empty() {
-                        chunks.push(chunk);
-                    }
-                    return Ok((chunks, end));
-                }
-                None => chunks.push(chunk),
-            }
-        }
-        let rest = budget_after(budget, lines, second_end - start);
-        let (more, end) = self.read_lines(second_end, None, rest)?;
-        chunks.extend(more);
-        Ok((chunks, end))
-    }
-
-    /// Where the first line that starts at or after `position` starts;
-    /// `None` past the end, or when the last file's last line is not
-    /// complete there.
-    fn line_start_from(&self, position: i64) -> Result<Option<i64>, SourceError> {
-        let segments = self.segments()?;
-        let Some(index) = segments
-            .iter()
-            .position(|segment| position < segment.start + segment.len)
-        else {
-            return Ok(None);
-        };
-        let segment = &segments[index];
-        let io_error = |e| self.io_error(&segment.path, e);
-        let mut file = std::fs::File::open(&segment.path).map_err(io_error)?;
-        let mut at = position;
-        file.seek(SeekFrom::Start((at - segment.start) as u64))
-            .map_err(io_error)?;
-        let mut block = vec![0; 64 * 1024];
-        loop {
-            let read = file.read(&mut block).map_err(io_error)?;
-            if read == 0 {
-                // A file's end is a line's end when a later file exists.
-                return Ok(segments.get(index + 1).map(|next| next.start));
-            }
-            if let Some(newline) = memchr::memchr(b'\n', &block[..read]) {
-                return Ok(Some(at + newline as i64 + 1));
-            }
-            at += read as i64;
-        }
-    }
-
-    /// Reads whole lines from `start`, stopping at `end` (a replayed plan) or
-    /// once `budget` is spent (a new plan: its lines or bytes; the line that
-    /// reaches the byte bound is the last). A file's last line needs no
-    /// newline once the file is complete: when a later file exists, or when
-    /// not following. Returns the chunks and the end position.
-    ///
-    /// Files are read in blocks straight into the chunk being filled, whose
-    /// records are spans of its buffer: each byte is copied once, and no
-    /// buffer the size of the whole epoch is ever allocated.
-    fn read_lines(
+    /// A reader of the lines from `start` (see [`LineReader`]).
+    fn lines(
         &self,
         start: i64,
         end: Option<i64>,
         budget: EpochBudget,
-    ) -> Result<(Vec<Chunk>, i64), SourceError> {
-        let segments = self.segments()?;
-        let mut chunks = Vec::new();
-        let mut chunk = self.buffers.chunk(0, READ_BLOCK as usize, CHUNK_LINES);
-        let mut position = start;
-        let mut lines = 0;
-        let spent = |lines: i64, position: i64| budget.is_spent(lines, position - start);
-        for (index, segment) in segments.iter().enumerate() {
+    ) -> Result<LineReader, SourceError> {
+        Ok(LineReader {
+            segments: self.segments()?,
+            next_segment: 0,
+            open: None,
+            chunk: self.buffers.chunk(0, READ_BLOCK as usize, CHUNK_LINES),
+            scanned: 0,
+            start,
+            position: start,
+            lines: 0,
+            end,
+            budget,
+            stopped: false,
+            files: self.clone(),
+        })
+    }
+}
+
+impl LineReader {
+    /// The next chunk of lines, `None` once the lines are read.
+    fn next_chunk(&mut self) -> Result<Option<Chunk>, SourceError> {
+        while !self.stopped {
+            if let Some(full) = self.split_lines() {
+                return Ok(Some(full));
+            }
+            if self.spent() {
+                break;
+            }
+            match &mut self.open {
+                Some(open) if open.unread > 0 => {
+                    let read = (&mut open.file)
+                        .take(open.unread.min(READ_BLOCK))
+                        .read_to_end(self.chunk.buffer_mut())
+                        .map_err(|e| self.files.io_error(&open.path, e))?;
+                    // A file that shrank since it was listed ends here.
+                    open.unread = if read == 0 {
+                        0
+                    } else {
+                        open.unread - read as u64
+                    };
+                }
+                Some(_) => {
+                    // The file is read: bytes past its last whole line are
+                    // read again by the next plan.
+                    let partial = self.scanned < self.chunk.bytes();
+                    self.chunk.buffer_mut().truncate(self.scanned);
+                    self.open = None;
+                    if partial {
+                        break;
+                    }
+                }
+                None => {
+                    if !self.open_next_file()? {
+                        break;
+                    }
+                }
+            }
+        }
+        self.stopped = true;
+        self.chunk.buffer_mut().truncate(self.scanned);
+        Ok((!self.chunk.is_empty()).then(|| std::mem::replace(&mut self.chunk, Chunk::new(0))))
+    }
+
+    fn spent(&self) -> bool {
+        self.budget.is_spent(self.lines, self.position - self.start)
+    }
+
+    /// Seals the whole lines of the bytes read into the chunk; hands the
+    /// chunk out once it is full.
+    fn split_lines(&mut self) -> Option<Chunk> {
+        let (last_block, last_line_ends) = self.open.as_ref().map_or((true, false), |open| {
+            (open.unread == 0, open.last_line_ends)
+        });
+        while !self.spent() && self.scanned < self.chunk.bytes() {
+            let rest = &self.chunk.buffer()[self.scanned..];
+            let (line_len, consumed) = match memchr::memchr(b'\n', rest) {
+                Some(newline) => (newline, newline + 1),
+                None if last_block && last_line_ends => (rest.len(), rest.len()),
+                None => break,
+            };
+            let line = &rest[..line_len];
+            let line_len = line_len - usize::from(line.ends_with(b"\r"));
+            if !rest[..line_len].iter().all(u8::is_ascii_whitespace) {
+                self.chunk
+                    .seal(self.scanned..self.scanned + line_len, self.position);
+                self.lines += 1;
+            }
+            self.position += consumed as i64;
+            self.scanned += consumed;
+            if self.chunk.len() >= CHUNK_LINES {
+                return Some(self.take_chunk(self.scanned));
+            }
+        }
+        None
+    }
+
+    /// The chunk filled so far; the bytes after `split` (a line not read
+    /// to its end) start the next one, which will likely be as long.
+    fn take_chunk(&mut self, split: usize) -> Chunk {
+        let mut next =
+            self.files
+                .buffers
+                .chunk(0, self.chunk.bytes() + READ_BLOCK as usize, CHUNK_LINES);
+        next.buffer_mut()
+            .extend_from_slice(&self.chunk.buffer()[split..]);
+        self.chunk.buffer_mut().truncate(split);
+        self.scanned = 0;
+        std::mem::replace(&mut self.chunk, next)
+    }
+
+    /// Opens the next file that holds bytes from the position on; `false`
+    /// when none is left (or the end is reached).
+    fn open_next_file(&mut self) -> Result<bool, SourceError> {
+        if self.end.is_some_and(|end| self.position >= end) {
+            return Ok(false);
+        }
+        while let Some(segment) = self.segments.get(self.next_segment) {
+            self.next_segment += 1;
             let segment_end = segment.start + segment.len;
-            if segment_end <= position || spent(lines, position) {
+            if segment_end <= self.position {
                 continue;
             }
-            if end.is_some_and(|end| position >= end) {
-                break;
-            }
-            let complete = !self.follow || index + 1 < segments.len();
-            let read_to = end.map_or(segment_end, |end| end.min(segment_end));
-            let io_error = |e| self.io_error(&segment.path, e);
-            let mut file = std::fs::File::open(&segment.path).map_err(io_error)?;
-            file.seek(SeekFrom::Start((position - segment.start) as u64))
+            let read_to = self.end.map_or(segment_end, |end| end.min(segment_end));
+            let io_error = |e| self.files.io_error(&segment.path, e);
+            let mut file = File::open(&segment.path).map_err(io_error)?;
+            file.seek(SeekFrom::Start((self.position - segment.start) as u64))
                 .map_err(io_error)?;
-            let mut unread = (read_to - position) as u64;
-            // Start of the bytes in the chunk's buffer not yet split into lines.
-            let mut scanned = chunk.bytes();
-            loop {
-                if unread > 0 {
-                    let read = (&mut file)
-                        .take(unread.min(READ_BLOCK))
-                        .read_to_end(chunk.buffer_mut())
-                        .map_err(io_error)?;
-                    // A file that shrank since it was listed ends here.
-                    unread = if read == 0 { 0 } else { unread - read as u64 };
-                }
-                let last_block = unread == 0;
-                while !spent(lines, position) && scanned < chunk.bytes() {
-                    let rest = &chunk.buffer()[scanned..];
-                    let (line_len, consumed) = match memchr::memchr(b'\n', rest) {
-                        Some(newline) => (newline, newline + 1),
-                        None if last_block && (complete || end.is_some()) => {
-                            (rest.len(), rest.len())
-                        }
-                        None => break,
-                    };
-                    let line = &rest[..line_len];
-                    let line_len = line_len - usize::from(line.ends_with(b"\r"));
-                    if !rest[..line_len].iter().all(u8::is_ascii_whitespace) {
-                        chunk.seal(scanned..scanned + line_len, position);
-                        lines += 1;
-                    }
-                    position += consumed as i64;
-                    scanned += consumed;
-                    if chunk.len() >= CHUNK_LINES {
-                        // The next chunk will likely be as long as this one.
-                        let mut next =
-                            self.buffers
-                                .chunk(0, chunk.bytes() + READ_BLOCK as usize, CHUNK_LINES);
-                        next.buffer_mut()
-                            .extend_from_slice(&chunk.buffer()[scanned..]);
-                        chunk.buffer_mut().truncate(scanned);
-                        chunks.push(std::mem::replace(&mut chunk, next));
-                        scanned = 0;
-                    }
-                }
-                if last_block || spent(lines, position) {
-                    break;
-                }
-            }
-            // Bytes past the last whole line are read again by the next plan.
-            let partial = scanned < chunk.bytes();
-            chunk.buffer_mut().truncate(scanned);
-            if partial || spent(lines, position) {
-                break;
-            }
+            self.open = Some(OpenSegment {
+                path: segment.path.clone(),
+                file,
+                unread: (read_to - self.position) as u64,
+                last_line_ends: !self.files.follow
+                    || self.next_segment < self.segments.len()
+                    || self.end.is_some(),
+            });
+            return Ok(true);
         }
-        if !chunk.is_empty() {
-            chunks.push(chunk);
-        }
-        Ok((chunks, position))
-    }
-}
-
-/// Lines in `chunks`.
-fn lines_in(chunks: &[Chunk]) -> i64 {
-    chunks.iter().map(|chunk| chunk.len() as i64).sum()
-}
-
-/// How many of `chunk`'s lines a plan from `start` within `budget` takes
-/// after `lines` lines ending at `end`, when not all of them: as
-/// [`Files::read_lines`] stops, at the end of the line that spends the
-/// budget, or at the start of a line past the byte bound (after a blank
-/// line). Counts the lines taken into `lines` and `end`.
-fn lines_taken(
-    chunk: &Chunk,
-    start: i64,
-    budget: EpochBudget,
-    lines: &mut i64,
-    end: &mut i64,
-) -> Option<usize> {
-    for (index, record) in chunk.iter().enumerate() {
-        if budget.is_spent(*lines, *end - start) {
-            return Some(index);
-        }
-        if budget.is_spent(*lines, record.offset - start) {
-            *end = record.offset;
-            return Some(index);
-        }
-        *lines += 1;
-        let after = chunk.after_record(index);
-        let ending = match after {
-            [b'\r', b'\n', ..] => 2,
-            [b'\n' | b'\r', ..] => 1,
-            _ => 0,
-        };
-        *end = record.offset + record.payload.len() as i64 + ending;
-    }
-    None
-}
-
-/// What is left of `budget` after `lines` lines of `bytes` bytes.
-fn budget_after(budget: EpochBudget, lines: i64, bytes: i64) -> EpochBudget {
-    EpochBudget {
-        max_records: budget.max_records - lines,
-        max_bytes: budget.max_bytes - bytes,
-    }
-}
-
-impl FileSource {
-    fn offset(&self, position: &Position) -> Result<i64, SourceError> {
-        match position {
-            Position::Offset(offset) => Ok(*offset),
-            other => Err(SourceError::BadPosition {
-                source_kind: KIND,
-                partition: self.partition.clone(),
-                position: other.clone(),
-            }),
-        }
+        Ok(false)
     }
 }
 
@@ -430,55 +391,95 @@ impl Source for FileSource {
     }
 
     async fn plan(&mut self, committed: &Positions) -> Result<Planned, SourceError> {
+        // An epoch not read to its end was abandoned.
+        self.reading = None;
         let start = match committed.get(&self.partition) {
             Some(position) => self.offset(position)?,
             None => 0,
         };
-        let (mut chunks, mut end) = self.lines_from(start).await?;
-        if end == start {
+        let mut reader = self.files.lines(start, None, self.budget)?;
+        let mut first = reader.next_chunk()?;
+        if first.is_none() {
             self.files.buffers.release();
             if !self.files.follow {
                 return Ok(Planned::Exhausted);
             }
             tokio::time::sleep(FOLLOW_POLL).await;
-            (chunks, end) = self.files.read_lines(start, None, self.budget)?;
+            reader = self.files.lines(start, None, self.budget)?;
+            first = reader.next_chunk()?;
+            if first.is_none() {
+                return Ok(Planned::Ranges(vec![self.range(start, start)]));
+            }
         }
-        let range = PartitionRange {
-            partition: self.partition.clone(),
-            start: Position::Offset(start),
-            end: Position::Offset(end),
-        };
-        self.planned = Some((range.clone(), chunks));
-        self.read_ahead_from(end);
-        Ok(Planned::Ranges(vec![range]))
+        self.start_reading(start, reader, first);
+        Ok(Planned::Reading(vec![self.range(start, start)]))
     }
 
     async fn start_epoch(&mut self, ranges: &[PartitionRange]) -> Result<(), SourceError> {
-        let planned = self.planned.take();
-        self.reading = match (ranges, planned) {
-            ([], _) => Vec::new(),
-            ([range], Some((planned_range, chunks))) if *range == planned_range => chunks,
-            ([range], _) => {
+        self.reading = None;
+        match ranges {
+            [] => Ok(()),
+            [range] => {
                 let start = self.offset(&range.start)?;
                 let end = self.offset(&range.end)?;
-                self.files
-                    .read_lines(start, Some(end), EpochBudget::UNBOUNDED)?
-                    .0
+                let reader = self.files.lines(start, Some(end), EpochBudget::UNBOUNDED)?;
+                self.start_reading(start, reader, None);
+                Ok(())
             }
-            ([_, extra, ..], _) => {
-                return Err(SourceError::BadPosition {
-                    source_kind: KIND,
-                    partition: extra.partition.clone(),
-                    position: extra.start.clone(),
-                });
-            }
-        };
-        self.reading.reverse();
-        Ok(())
+            [_, extra, ..] => Err(SourceError::BadPosition {
+                source_kind: KIND,
+                partition: extra.partition.clone(),
+                position: extra.start.clone(),
+            }),
+        }
     }
 
     async fn next_chunk(&mut self) -> Result<Option<Chunk>, SourceError> {
-        Ok(self.reading.pop())
+        let Some(reading) = &mut self.reading else {
+            return Ok(None);
+        };
+        if let Some(first) = reading.first.take() {
+            return Ok(Some(first));
+        }
+        if reading.end.is_some() {
+            return Ok(None);
+        }
+        let read = match &mut reading.lines {
+            Lines::Here(reader) => match reader.next_chunk()? {
+                Some(chunk) => Streamed::Chunk(chunk),
+                None => Streamed::End(reader.position),
+            },
+            Lines::Ahead(receiver) => match receiver.recv().await {
+                Some(read) => read?,
+                None => {
+                    return Err(SourceError::Unavailable {
+                        source_kind: KIND,
+                        message: "the thread reading the epoch ended before its last line".into(),
+                    });
+                }
+            },
+        };
+        match read {
+            Streamed::Chunk(chunk) => Ok(Some(chunk)),
+            Streamed::End(end) => {
+                reading.end = Some(end);
+                Ok(None)
+            }
+        }
+    }
+
+    fn ranges_read(&self) -> Result<Vec<PartitionRange>, SourceError> {
+        match &self.reading {
+            Some(Reading {
+                start,
+                end: Some(end),
+                ..
+            }) => Ok(vec![self.range(*start, *end)]),
+            _ => Err(SourceError::Unavailable {
+                source_kind: KIND,
+                message: "asked where an epoch ends before it was read to its end".into(),
+            }),
+        }
     }
 }
 
@@ -489,10 +490,17 @@ mod tests {
     use super::*;
 
     fn source(path: &Path, max_lines: i64, follow: bool) -> FileSource {
-        source_within(path, max_lines, i64::MAX, follow)
+        source_within(path, max_lines, i64::MAX, follow, true)
     }
 
-    fn source_within(path: &Path, max_lines: i64, max_bytes: i64, follow: bool) -> FileSource {
+    /// A file source; with `read_ahead`, epochs are read on a blocking thread.
+    fn source_within(
+        path: &Path,
+        max_lines: i64,
+        max_bytes: i64,
+        follow: bool,
+        read_ahead: bool,
+    ) -> FileSource {
         let spec = FileSpec {
             path: path.display().to_string(),
             max_lines_per_trigger: Some(max_lines),
@@ -502,7 +510,7 @@ mod tests {
             replica: 0,
             replicas: 1,
             max_records_per_epoch: i64::MAX,
-            read_ahead: true,
+            read_ahead,
             max_bytes_per_epoch: max_bytes,
         };
         FileSource::new(&spec, &context).unwrap()
@@ -513,11 +521,17 @@ mod tests {
         source: &mut FileSource,
         committed: &Positions,
     ) -> Option<(Vec<(String, i64)>, PartitionRange)> {
-        let Planned::Ranges(ranges) = source.plan(committed).await.unwrap() else {
-            return None;
+        let ranges = match source.plan(committed).await.unwrap() {
+            Planned::Exhausted => return None,
+            Planned::Reading(_) => None,
+            Planned::Ranges(ranges) => {
+                source.start_epoch(&ranges).await.unwrap();
+                Some(ranges)
+            }
         };
-        source.start_epoch(&ranges).await.unwrap();
-        Some((read_all(source).await, ranges[0].clone()))
+        let lines = read_all(source).await;
+        let ranges = ranges.unwrap_or_else(|| source.ranges_read().unwrap());
+        Some((lines, ranges[0].clone()))
     }
 
     async fn read_all(source: &mut FileSource) -> Vec<(String, i64)> {
@@ -553,21 +567,107 @@ mod tests {
         expected
     }
 
+    /// Reads every epoch of `source` from the start, replaying each range
+    /// on `replayer` as a restarted runner would: the lines of each epoch
+    /// (checked to be what the replay reads) and their ranges.
+    async fn all_epochs(
+        source: &mut FileSource,
+        replayer: &mut FileSource,
+    ) -> Vec<(Vec<(String, i64)>, PartitionRange)> {
+        let mut committed = Positions::new();
+        let mut epochs = Vec::new();
+        while let Some((lines, range)) = epoch(source, &committed).await {
+            replayer
+                .start_epoch(std::slice::from_ref(&range))
+                .await
+                .unwrap();
+            let replayed = read_all(replayer).await;
+            assert!(
+                replayed == lines,
+                "the replay of {range:?} read other lines"
+            );
+            committed.insert(range.partition.clone(), range.end.clone());
+            epochs.push((lines, range));
+        }
+        epochs
+    }
+
     #[tokio::test]
     async fn lines_across_blocks_and_chunks_are_read_once_with_their_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let expected = lines_file(&path);
-        let mut source = source(&path, 7_000, false);
-        let mut committed = Positions::new();
-        let mut read = Vec::new();
-        while let Some((lines, range)) = epoch(&mut source, &committed).await {
-            assert!(lines.len() <= 7_000);
-            read.extend(lines);
-            committed.insert(range.partition, range.end);
+        for read_ahead in [false, true] {
+            let mut source = source_within(&path, 7_000, i64::MAX, false, read_ahead);
+            let mut replayer = source_within(&path, 1, i64::MAX, false, !read_ahead);
+            let epochs = all_epochs(&mut source, &mut replayer).await;
+            assert!(epochs.iter().all(|(lines, _)| lines.len() <= 7_000));
+            let read: Vec<_> = epochs.into_iter().flat_map(|(lines, _)| lines).collect();
+            assert_eq!(read.len(), expected.len());
+            assert!(read == expected, "records differ from the file's lines");
         }
-        assert_eq!(read.len(), expected.len());
-        assert!(read == expected, "records differ from the file's lines");
+    }
+
+    #[tokio::test]
+    async fn lines_of_a_directory_are_read_once_in_name_order_whatever_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = lines_file(&dir.path().join("all.jsonl"));
+        // The same lines over three files, the middle one ending without a
+        // newline (its last line ends with the file, as a later one exists).
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).unwrap();
+        let text = std::fs::read(dir.path().join("all.jsonl")).unwrap();
+        let newline_before = |at: usize| text[..at].iter().rposition(|b| *b == b'\n').unwrap();
+        let (first, second) = (
+            newline_before(text.len() / 3) + 1,
+            newline_before(2 * text.len() / 3),
+        );
+        let parts = [
+            ("a.jsonl", &text[..first]),
+            ("b.jsonl", &text[first..second]),
+            ("c.jsonl", &text[second + 1..]),
+        ];
+        for (name, part) in parts {
+            std::fs::write(files.join(name), part).unwrap();
+        }
+        let texts: Vec<&str> = expected.iter().map(|(line, _)| line.as_str()).collect();
+        for (max_lines, max_bytes) in [
+            (7_000, i64::MAX),
+            (12_345, 1 << 20),
+            (i64::MAX, 3 << 20),
+            (1, 5_000),
+        ] {
+            for read_ahead in [false, true] {
+                let mut source = source_within(&files, max_lines, max_bytes, false, read_ahead);
+                let mut replayer = source_within(&files, 1, i64::MAX, false, read_ahead);
+                let epochs = if max_lines == 1 {
+                    // One line an epoch: the first few are enough.
+                    let mut committed = Positions::new();
+                    let mut epochs = Vec::new();
+                    for _ in 0..3 {
+                        let (lines, range) = epoch(&mut source, &committed).await.unwrap();
+                        committed.insert(range.partition.clone(), range.end.clone());
+                        epochs.push((lines, range));
+                    }
+                    epochs
+                } else {
+                    all_epochs(&mut source, &mut replayer).await
+                };
+                let read: Vec<String> = epochs
+                    .into_iter()
+                    .flat_map(|(lines, _)| lines)
+                    .map(|(line, _)| line)
+                    .collect();
+                let case =
+                    format!("{max_lines} lines, {max_bytes} bytes, read ahead: {read_ahead}");
+                if max_lines == 1 {
+                    assert_eq!(read, texts[..3], "{case}");
+                } else {
+                    assert_eq!(read.len(), texts.len(), "{case}");
+                    assert!(read == texts, "{case}: other lines");
+                }
+            }
+        }
     }
 
     #[tokio::test]
@@ -576,7 +676,7 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         let expected = lines_file(&path);
         let budget = 1 << 20;
-        let mut source = source_within(&path, i64::MAX, budget, false);
+        let mut source = source_within(&path, i64::MAX, budget, false, true);
         let mut committed = Positions::new();
         let mut read = Vec::new();
         let mut epochs = 0;
@@ -608,86 +708,6 @@ mod tests {
         let replayed = read_all(&mut replayer).await;
         assert_eq!(replayed.len(), 12_345);
         assert!(replayed == planned && planned[..] == expected[..12_345]);
-    }
-
-    /// Lines and offsets of `chunks`.
-    fn records(chunks: &[Chunk]) -> Vec<(Vec<u8>, i64)> {
-        chunks
-            .iter()
-            .flat_map(|chunk| chunk.iter().map(|r| (r.payload.to_vec(), r.offset)))
-            .collect()
-    }
-
-    #[test]
-    fn plans_read_on_two_threads_are_the_plans_one_thread_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let one_file = dir.path().join("one.jsonl");
-        let expected = lines_file(&one_file);
-        // The same lines over three files, the middle one ending without
-        // a newline; and lines that grow longer than the first chunk's.
-        let three_files = dir.path().join("three");
-        std::fs::create_dir(&three_files).unwrap();
-        let text = std::fs::read(&one_file).unwrap();
-        let (a, rest) = text.split_at(text.len() / 3);
-        let (b, c) = rest.split_at(rest.len() / 2);
-        let b = b.strip_suffix(b"\n").unwrap_or(b);
-        for (name, part) in [("a.jsonl", a), ("b.jsonl", b), ("c.jsonl", c)] {
-            std::fs::write(three_files.join(name), part).unwrap();
-        }
-        let written = |name: &str, lines: usize, line: &dyn Fn(usize) -> String| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, (0..lines).map(line).collect::<String>()).unwrap();
-            path
-        };
-        let growing = written("growing.jsonl", 40_000, &|i| {
-            format!("\"{}\"\n", "x".repeat(i / 200))
-        });
-        // Long lines in the first chunk, then short ones: the first half
-        // alone holds the plan.
-        let dropping = written("dropping.jsonl", 400_000, &|i| {
-            let length = if i < CHUNK_LINES { 200 } else { 3 };
-            format!("\"{}\"\n", "x".repeat(length))
-        });
-        // Lines of 100 bytes, and after the 10,000th a blank line, which
-        // the byte bound of 1,000,002 falls in.
-        let blank = written("blank.jsonl", 40_000, &|i| {
-            let blank = if i == 9_999 { "  \n" } else { "" };
-            format!("\"{}\"\n{blank}", "x".repeat(97))
-        });
-        for path in [&one_file, &three_files, &growing, &dropping, &blank] {
-            for (max_records, max_bytes) in [
-                (7_000, i64::MAX),
-                (12_345, 1 << 20),
-                (25_000, i64::MAX),
-                (i64::MAX, 3 << 20),
-                (i64::MAX, 1_000_002),
-                (1, i64::MAX),
-            ] {
-                let budget = EpochBudget {
-                    max_records,
-                    max_bytes,
-                };
-                let one_thread = source(path, 1, false).files;
-                let mut two_threads = source(path, 1, false).files;
-                two_threads.two_threads_from = 0;
-                let (mut start, mut read) = (0, 0);
-                loop {
-                    let (serial, serial_end) = one_thread.read_lines(start, None, budget).unwrap();
-                    let (split, split_end) = two_threads.read_plan(start, budget).unwrap();
-                    let case = format!("{} from {start}, {budget:?}", path.display());
-                    assert_eq!(split_end, serial_end, "{case}");
-                    assert!(records(&split) == records(&serial), "{case}: other lines");
-                    read += lines_in(&serial);
-                    if serial_end == start || max_records == 1 {
-                        break;
-                    }
-                    start = serial_end;
-                }
-                if path == &one_file && max_records > 1 {
-                    assert_eq!(read, expected.len() as i64, "{budget:?}");
-                }
-            }
-        }
     }
 
     #[tokio::test]

@@ -5,7 +5,13 @@
 //! 1. [`Source::plan`] decides, for every partition this replica owns, the range
 //!    `[start, end)` of the next epoch, starting where the previous epoch ended
 //!    (positions the source has never seen start where `startingOffsets` says).
-//!    The runner writes the plan to the checkpoint store *before* reading it.
+//!    The runner writes the plan to the checkpoint store *before* reading it,
+//!    except where only reading finds the ends ([`Planned::Reading`]: the
+//!    file source, whose epochs are bounded by lines): the epoch is then read
+//!    and processed at once, and its plan written once read, before the
+//!    epoch has any output. Processing has no effect outside the process,
+//!    and a failure before the plan is written forgets the epoch, which the
+//!    next plan reads again from the same start.
 //! 2. [`Source::start_epoch`] + [`Source::next_chunk`] read exactly those ranges,
 //!    in chunks. On recovery the runner calls them with a plan read back from the
 //!    checkpoint store, so a source must be able to re-read any range it planned
@@ -121,6 +127,12 @@ pub enum Planned {
     /// Ranges to read, one per owned partition (empty ranges included, so that
     /// the runner knows every partition this replica owns).
     Ranges(Vec<PartitionRange>),
+    /// An epoch whose ends only reading it finds (the file source bounds
+    /// epochs by lines): these ranges end where they start, and the epoch's
+    /// chunks are handed out at once, with no [`Source::start_epoch`]; once
+    /// [`Source::next_chunk`] has returned `None`, [`Source::ranges_read`]
+    /// gives the ranges read.
+    Reading(Vec<PartitionRange>),
     /// A bounded source (a generator with `totalEvents`, files without
     /// `follow`) has nothing left, ever.
     Exhausted,
@@ -281,28 +293,6 @@ impl Chunk {
         });
     }
 
-    /// Keeps the first `records` records.
-    pub fn truncate(&mut self, records: usize) {
-        if let Some(first_dropped) = self.records.get(records) {
-            self.buffer.truncate(first_dropped.start);
-        }
-        self.records.truncate(records);
-        self.extras.truncate(records);
-    }
-
-    /// The buffer's bytes after record `index`'s payload, up to the next
-    /// record's: where the file source keeps line endings.
-    pub fn after_record(&self, index: usize) -> &[u8] {
-        let Some(span) = self.records.get(index) else {
-            return &[];
-        };
-        let next = self
-            .records
-            .get(index + 1)
-            .map_or(self.buffer.len(), |next| next.start);
-        self.buffer.get(span.end..next).unwrap_or_default()
-    }
-
     pub fn len(&self) -> usize {
         self.records.len()
     }
@@ -389,6 +379,15 @@ pub trait Source: Send {
     /// The next chunk of the epoch started by [`Source::start_epoch`], or `None`
     /// once every range has been read to its end.
     async fn next_chunk(&mut self) -> Result<Option<Chunk>, SourceError>;
+
+    /// The ranges of an epoch planned as [`Planned::Reading`], once it has
+    /// been read to its end.
+    fn ranges_read(&self) -> Result<Vec<PartitionRange>, SourceError> {
+        Err(SourceError::Unavailable {
+            source_kind: self.kind(),
+            message: "this source plans no epoch by reading it".into(),
+        })
+    }
 
     /// The epoch ending at `positions` is durable in the sinks and the
     /// checkpoint store; sources with external progress tracking (Kafka

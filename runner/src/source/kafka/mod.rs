@@ -399,7 +399,7 @@ mod tests {
     fn ranges(planned: Planned) -> Vec<PartitionRange> {
         match planned {
             Planned::Ranges(ranges) => ranges,
-            Planned::Exhausted => panic!("a Kafka source is never exhausted"),
+            other => panic!("a Kafka source plans its ranges, got {other:?}"),
         }
     }
 
