@@ -99,11 +99,11 @@ for cores in (1, 2):
     wall, _ = times(f"{work}/spark-local{cores}.time")
     rows.append((f"Spark local[{cores}]", cores, spark["query_seconds"], spark["events_per_second"],
                  spark["steady_events_per_second"], spark["query_cpu_seconds"], "query", wall))
-print(f"{'engine':<18}{'query s':>8}{'events/s':>11}{'per core':>10}{'steady/s':>10}{'CPU s':>7} {'(of)':<8}{'µs CPU/event':>13}{'command s':>10}")
+print(f"{'engine':<18}{'query s':>8}{'events/s':>12}{'per core':>12}{'steady/s':>10}{'CPU s':>7} {'(of)':<8}{'µs CPU/event':>13}{'command s':>10}")
 for name, cores, seconds, rate, steady, cpu, scope, wall in rows:
     steady = f"{steady:,}" if steady else "-"
     wall = f"{wall:.2f}" if wall else "-"
-    print(f"{name:<18}{seconds:>8.2f}{rate:>11,}{rate // cores:>10,}{steady:>10}{cpu:>7.2f} {scope:<8}{cpu / events * 1e6:>13.2f}{wall:>10}")
+    print(f"{name:<18}{seconds:>8.2f}{rate:>12,}{rate // cores:>12,}{steady:>10}{cpu:>7.2f} {scope:<8}{cpu / events * 1e6:>13.2f}{wall:>10}")
 sluice = [r for r in rows if r[0].startswith("Sluice")]
 spark = [r for r in rows if r[0].startswith("Spark")]
 for s_name, s_cores, _, s_rate, _, s_cpu, _, _ in sluice:

@@ -22,10 +22,11 @@
 //!   another engine can then run on the same events and its windows be
 //!   compared (bench/spark/run.sh).
 //!
-//! The pipeline loop reads the file and hands chunks to the engine's worker
-//! threads (with 2 or more; with 1 it processes them itself); each epoch's
-//! Delta commit and checkpoint run on the tokio runtime while the next epoch
-//! is read and processed.
+//! The file is read chunk by chunk while the epoch is processed: with 2 or
+//! more worker threads a blocking thread reads a few chunks ahead and the
+//! workers process them; with 1 the pipeline loop reads a chunk and
+//! processes it itself. Each epoch's Delta commit and checkpoint run on the
+//! tokio runtime while the next epoch is read and processed.
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
@@ -179,7 +180,7 @@ spec:
             load_average(),
         );
         println!(
-            "  state at the end: {} open (pane, key) entries, {} dedup ids; peak resident memory so far {} MiB (an epoch's {LINES_PER_EPOCH} input lines are held while it runs)",
+            "  state at the end: {} open (pane, key) entries, {} dedup ids; peak resident memory so far {} MiB (the file is read a few chunks at a time, whatever the epoch's {LINES_PER_EPOCH} lines)",
             run.open_entries,
             run.dedup_ids,
             peak_resident_mib().map_or_else(|| "unknown".to_owned(), |mib| mib.to_string()),
