@@ -310,7 +310,6 @@ async fn write_events(path: &std::path::Path, n: i64, ids: bool) -> anyhow::Resu
         replica: 0,
         replicas: 1,
         max_records_per_epoch: n,
-        read_ahead: false,
         max_bytes_per_epoch: i64::MAX,
     };
     let mut generator = source::GeneratorSource::new(&spec, &context)?;

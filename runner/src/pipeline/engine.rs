@@ -1,7 +1,7 @@
 //! The per-event work of an epoch: decode, note the partition's event-time
 //! progress, transform, drop late events, feed the windows; and at the
 //! epoch's end, advance the watermark and turn windows into rows. Knows
-//! nothing of sources, sinks or storage.
+//! nothing of sinks or storage, and of sources only the chunks they read.
 //!
 //! A partition's event-time progress comes from every record with a valid
 //! time, before transforms (as Flink's per-partition watermarks do): events
@@ -17,7 +17,7 @@
 //! the chunks' results are added to the epoch in the order the chunks were
 //! read, so the output is the one a single thread produces.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use arrow::{
     array::{
@@ -31,15 +31,15 @@ use jiff::Timestamp;
 use sluice_crds::{LateEventPolicy, OutputMode, StreamPipelineSpec};
 
 use super::{
-    events::{ChunkWork, EpochInputs, EventStage, Windowing},
-    workers::{ChunkError, Pending, Workers},
+    events::{EpochInputs, EventStage, Windowing},
+    workers::{ChunkError, Drained, Outcome, Pending, Workers},
 };
 use crate::{
     checkpoint::EpochPlan,
     dead_letter::{DeadEvent, Reason},
     decode::{Decoder, FieldValue},
     shuffle::{KeyGroups, KeyGroupsState, Partials, ShuffleRecord},
-    source::{Chunk, PartitionId},
+    source::{Chunk, PartitionId, SharedFeed, SourceError},
     transform::{self, Clock, DedupMemory, DedupState, TransformError, Transforms},
     window::{AggregateKind, WindowKind, WindowRows, WindowState, Windows},
 };
@@ -459,8 +459,44 @@ impl Engine {
         }
     }
 
+    /// Processes the chunks `feed` holds: the worker threads take them
+    /// themselves, each reading the chunk it then processes, or they are
+    /// taken here one by one. Results are added in the order the chunks
+    /// were read, after those of chunks handed over before.
+    pub async fn process_feed(
+        &mut self,
+        run: &mut EpochRun,
+        feed: SharedFeed,
+    ) -> Result<(), SourceError> {
+        let Some(workers) = &self.workers else {
+            loop {
+                let chunk = feed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .next_chunk()?;
+                let Some(chunk) = chunk else {
+                    return Ok(());
+                };
+                self.process(run, chunk);
+            }
+        };
+        let earlier = run.pending.take(workers, true);
+        let drained = workers.drain(feed, Arc::clone(&self.stage), Arc::clone(&run.inputs));
+        for outcome in earlier {
+            self.absorb(run, outcome);
+        }
+        let Drained { outcomes, failure } = drained.await.unwrap_or_else(|_| Drained {
+            outcomes: vec![Err(ChunkError::WorkersLost)],
+            failure: None,
+        });
+        for outcome in outcomes {
+            self.absorb(run, outcome);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
     /// Adds one chunk's result to the epoch (chunks in the order they were read).
-    fn absorb(&mut self, run: &mut EpochRun, outcome: Result<ChunkWork, ChunkError>) {
+    fn absorb(&mut self, run: &mut EpochRun, outcome: Outcome) {
         let work = match outcome {
             Ok(work) => work,
             Err(error) => {
@@ -718,8 +754,10 @@ pub fn event_schema() -> SchemaRef {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
-    use crate::source::{PartitionRange, Position};
+    use crate::source::{ChunkFeed, PartitionRange, Position};
 
     fn spec(extra: serde_json::Value) -> StreamPipelineSpec {
         let mut spec = serde_json::json!({
@@ -937,13 +975,24 @@ mod tests {
         engine.finish_epoch(run, &plan).unwrap()
     }
 
+    /// Chunks handed out in order.
+    struct ChunksInOrder(std::vec::IntoIter<Chunk>);
+
+    impl ChunkFeed for ChunksInOrder {
+        fn next_chunk(&mut self) -> Result<Option<Chunk>, SourceError> {
+            Ok(self.0.next())
+        }
+    }
+
     /// Runs one epoch of `engine` with each partition's events cut into
-    /// chunks of `chunk_len`, the partitions' chunks interleaved.
+    /// chunks of `chunk_len`, the partitions' chunks interleaved; when
+    /// `fed`, the second half of the chunks through a feed.
     fn run_epoch_in_chunks(
         engine: &mut Engine,
         epoch: u64,
         partitions: &[(i32, &[String], i64)],
         chunk_len: usize,
+        fed: bool,
     ) -> EpochOutput {
         let plan = plan_of(epoch, partitions, Some(1_795_514_400_000));
         let mut run = engine.begin_epoch(&plan);
@@ -965,13 +1014,26 @@ mod tests {
                     .collect()
             })
             .collect();
+        let mut ordered = Vec::new();
         while chunks.iter().any(|c| !c.is_empty()) {
             for partition in &mut chunks {
-                if let Some(chunk) = partition.pop() {
-                    engine.process(&mut run, chunk);
-                }
+                ordered.extend(partition.pop());
             }
         }
+        let fed_chunks = if fed {
+            ordered.split_off(ordered.len() / 2)
+        } else {
+            Vec::new()
+        };
+        for chunk in ordered {
+            engine.process(&mut run, chunk);
+        }
+        let feed: SharedFeed = Arc::new(Mutex::new(ChunksInOrder(fed_chunks.into_iter())));
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(engine.process_feed(&mut run, feed))
+            .unwrap();
         engine.finish_epoch(run, &plan).unwrap()
     }
 
@@ -1006,7 +1068,7 @@ mod tests {
                 "groupBy": ["user"],
                 "aggregations": aggregations,
             }}));
-            let outputs = |threads: usize, chunk_len: usize| {
+            let outputs = |threads: usize, chunk_len: usize, fed: bool| {
                 let mut engine = Engine::new(&spec, true, Role::Whole)
                     .unwrap()
                     .with_workers(threads)
@@ -1021,20 +1083,21 @@ mod tests {
                             .enumerate()
                             .map(|(p, e)| (p as i32, e.as_slice(), (epoch * 1000) as i64))
                             .collect();
-                        run_epoch_in_chunks(&mut engine, epoch as u64, &all, chunk_len)
+                        run_epoch_in_chunks(&mut engine, epoch as u64, &all, chunk_len, fed)
                     })
                     .collect();
                 (outputs, engine.snapshot())
             };
             for chunk_len in [1000, 7, 1] {
-                let (one, one_state) = outputs(1, chunk_len);
+                let (one, one_state) = outputs(1, chunk_len, false);
                 let late: u64 = one.iter().map(|o| o.counts.late).sum();
                 let dead: usize = one.iter().map(|o| o.dead.len()).sum();
                 assert!(late > 0 && dead as u64 > late, "late {late}, dead {dead}");
                 assert!(row_lines(&one).len() > 20);
-                for threads in [2, 4] {
-                    let (many, state) = outputs(threads, chunk_len);
-                    let at = format!("{threads} threads, chunks of {chunk_len}");
+                let ways = [(1, true), (2, false), (2, true), (4, false), (4, true)];
+                for (threads, fed) in ways {
+                    let (many, state) = outputs(threads, chunk_len, fed);
+                    let at = format!("{threads} threads, chunks of {chunk_len}, fed: {fed}");
                     assert_eq!(state, one_state, "{at}");
                     for (a, b) in one.iter().zip(&many) {
                         assert_eq!(a.windows, b.windows, "{at}");

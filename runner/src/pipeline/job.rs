@@ -63,7 +63,7 @@ impl Job {
             RepartitionTopic::ensure(&connection, &identity.repartition_topic, key_groups).await?,
         );
         let threads = worker_threads();
-        let context = source_context(spec, &identity, threads)?;
+        let context = source_context(spec, &identity)?;
         let source_stage = Pipeline::new(
             spec,
             identity.clone(),

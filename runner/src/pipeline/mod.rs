@@ -63,13 +63,12 @@ fn refused_events(
         .collect()
 }
 
-/// The source settings of a replica whose engine has `threads` threads:
-/// its place among the replicas and how much one epoch may read
-/// (`spec.trigger.maxBytes`, else a share of the memory limit).
+/// The source settings of a replica: its place among the replicas and how
+/// much one epoch may read (`spec.trigger.maxBytes`, else a share of the
+/// memory limit).
 fn source_context(
     spec: &StreamPipelineSpec,
     identity: &RunnerIdentity,
-    threads: usize,
 ) -> Result<SourceContext, PipelineError> {
     let max_bytes_per_epoch = match spec.trigger.max_bytes {
         Some(bytes) => bytes.clamp(MIN_EPOCH_BYTES, MAX_EPOCH_BYTES),
@@ -90,7 +89,6 @@ fn source_context(
         replicas: identity.replicas,
         max_records_per_epoch: DEFAULT_MAX_RECORDS_PER_EPOCH,
         max_bytes_per_epoch,
-        read_ahead: threads > 1,
     })
 }
 
@@ -456,7 +454,7 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         let source = source::from_spec(
             &spec.source,
-            &source_context(spec, &identity, threads)?,
+            &source_context(spec, &identity)?,
             &telemetry.source_requests,
         )?;
         let sinks = sinks_from_spec(spec, &telemetry, |_| true)?;
@@ -786,6 +784,9 @@ impl Pipeline {
             self.source.start_epoch(&plan.ranges).await?;
         }
         let mut run = self.engine.begin_epoch(&plan);
+        if let Some(feed) = self.source.feed() {
+            self.engine.process_feed(&mut run, feed).await?;
+        }
         while let Some(chunk) = self.source.next_chunk().await? {
             self.engine.process(&mut run, chunk);
         }

@@ -2,16 +2,29 @@
 //! `rayon` pool, as many at once as the runner has cores, and their results
 //! come back in the order the chunks were read, whatever order the workers
 //! finish in. Adding them in that order is what keeps an epoch's output the
-//! same for any number of workers.
+//! same for any number of workers. Chunks come either from the pipeline
+//! loop, one at a time ([`Pending`]), or from a source's feed, which the
+//! workers take from themselves ([`Workers::drain`]): a worker then reads
+//! the chunk it processes, with no thread in between to wake and no copy
+//! of the chunk in another core's cache.
 
 use std::{
     collections::BTreeMap,
     panic::AssertUnwindSafe,
-    sync::{Arc, mpsc},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
 };
 
+use tokio::sync::oneshot;
+
 use super::events::{ChunkWork, EpochInputs, EventStage};
-use crate::{source::Chunk, transform::DedupMemory};
+use crate::{
+    source::{Chunk, SharedFeed, SourceError},
+    transform::DedupMemory,
+};
 
 /// Environment variable that sets the number of worker threads (the
 /// default is the CPU limit of the runner's cgroup, or the machine's cores).
@@ -36,9 +49,73 @@ pub enum ChunkError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("a worker thread panicked processing chunk {0} of the epoch")]
     Panicked(u64),
+    #[error("the worker threads stopped before the epoch's chunks were processed")]
+    WorkersLost,
 }
 
-type Outcome = Result<ChunkWork, ChunkError>;
+pub(super) type Outcome = Result<ChunkWork, ChunkError>;
+
+/// What the workers did with a feed's chunks: the results in the order
+/// the chunks were taken, and why the feed stopped early, if it did.
+pub(super) struct Drained {
+    pub outcomes: Vec<Outcome>,
+    pub failure: Option<SourceError>,
+}
+
+/// The state the workers draining a feed share.
+struct Draining<'a> {
+    feed: &'a SharedFeed,
+    stage: &'a EventStage,
+    epoch: &'a EpochInputs,
+    /// Chunks taken so far: the next chunk's index.
+    taken: AtomicU64,
+    stop: AtomicBool,
+    done: Mutex<Results>,
+}
+
+/// The results of the chunks processed so far, with their indices, and
+/// why the feed failed, if it did.
+#[derive(Default)]
+struct Results {
+    by_index: Vec<(u64, Outcome)>,
+    failure: Option<SourceError>,
+}
+
+impl Draining<'_> {
+    /// Takes chunks and processes them until the feed is empty (or failed).
+    fn take_and_process(&self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            // The index is taken with the chunk, so indices follow the
+            // order the chunks were read in.
+            let taken = match self
+                .feed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .next_chunk()
+            {
+                Ok(Some(chunk)) => (self.taken.fetch_add(1, Ordering::Relaxed), chunk),
+                Ok(None) => return,
+                Err(error) => {
+                    self.stop.store(true, Ordering::Relaxed);
+                    self.done().failure.get_or_insert(error);
+                    return;
+                }
+            };
+            let (index, chunk) = taken;
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.stage
+                    .process(self.epoch, &chunk, &mut DedupMemory::default())
+            }))
+            .unwrap_or(Err(ChunkError::Panicked(index)));
+            drop(chunk);
+            self.done().by_index.push((index, outcome));
+        }
+    }
+
+    fn done(&self) -> MutexGuard<'_, Results> {
+        self.done.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 pub(super) struct Workers {
     pool: rayon::ThreadPool,
@@ -57,6 +134,49 @@ impl Workers {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Has every worker take chunks from `feed` and process them, each
+    /// reading the chunk it then processes (while it is in its core's
+    /// cache), until the feed is empty. Runs on the pool: the caller awaits
+    /// the result.
+    pub fn drain(
+        &self,
+        feed: SharedFeed,
+        stage: Arc<EventStage>,
+        epoch: Arc<EpochInputs>,
+    ) -> oneshot::Receiver<Drained> {
+        let (sender, receiver) = oneshot::channel();
+        let threads = self.threads;
+        self.pool.spawn(move || {
+            let draining = Draining {
+                feed: &feed,
+                stage: &stage,
+                epoch: &epoch,
+                taken: AtomicU64::new(0),
+                stop: AtomicBool::new(false),
+                done: Mutex::default(),
+            };
+            rayon::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|_| draining.take_and_process());
+                }
+            });
+            let Results {
+                mut by_index,
+                failure,
+            } = draining
+                .done
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner);
+            by_index.sort_unstable_by_key(|(index, _)| *index);
+            // The receiver is gone only when the epoch was abandoned.
+            let _ = sender.send(Drained {
+                outcomes: by_index.into_iter().map(|(_, outcome)| outcome).collect(),
+                failure,
+            });
+        });
+        receiver
     }
 
     /// Chunks in flight at most: enough to keep every worker busy while the

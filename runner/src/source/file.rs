@@ -4,24 +4,26 @@
 //! existing ones) and the last file may grow while `follow` is set.
 //!
 //! An epoch is bounded by lines, so only reading it finds where it ends: a
-//! new epoch is planned as [`Planned::Reading`] and its chunks are handed
-//! out as they are read, the engine processing each while the next is read;
-//! no more than a few chunks are held at once, whatever the epoch's size.
+//! new epoch is planned as [`Planned::Reading`] and its chunks are read as
+//! the engine asks for them: by its worker threads through the source's
+//! [`Source::feed`], each reading the chunk it processes next, or by the
+//! pipeline loop. No more than a few chunks are held at once, whatever the
+//! epoch's size.
 
 use std::{
     fs::File,
     io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
 use async_trait::async_trait;
 use sluice_crds::FileSource as FileSpec;
-use tokio::sync::mpsc;
 
 use super::{
-    Chunk, ChunkBuffers, PartitionId, PartitionRange, Planned, Position, Positions, Source,
-    SourceContext, SourceError, budget::EpochBudget,
+    Chunk, ChunkBuffers, ChunkFeed, PartitionId, PartitionRange, Planned, Position, Positions,
+    SharedFeed, Source, SourceContext, SourceError, budget::EpochBudget,
 };
 
 const KIND: &str = "file";
@@ -29,9 +31,6 @@ const DEFAULT_MAX_LINES: i64 = 100_000;
 const CHUNK_LINES: usize = 8192;
 /// Bytes read from a file at once.
 const READ_BLOCK: u64 = 256 * 1024;
-/// Chunks a reading thread may have read that the engine has not taken
-/// yet: enough to keep its workers busy, few enough to stay in cache.
-const CHUNKS_AHEAD: usize = 4;
 /// How long `plan` waits for appended data in follow mode before planning an
 /// empty epoch.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -44,9 +43,6 @@ pub struct FileSource {
     budget: EpochBudget,
     /// The epoch being read.
     reading: Option<Reading>,
-    /// Read on a blocking thread, a few chunks ahead of the engine (when
-    /// it has threads to spare), rather than when a chunk is asked for.
-    read_ahead: bool,
 }
 
 /// The files to read.
@@ -60,25 +56,10 @@ struct Files {
 /// An epoch being read from `start`.
 struct Reading {
     start: i64,
-    /// The chunk read while planning, not handed out yet.
-    first: Option<Chunk>,
-    lines: Lines,
-    /// Where the epoch ends, once its last chunk has been handed out.
+    /// Shared with the engine's worker threads while they take its chunks.
+    lines: Arc<Mutex<LineReader>>,
+    /// Where the epoch ends, once its last chunk has been taken.
     end: Option<i64>,
-}
-
-/// Where an epoch's chunks come from.
-enum Lines {
-    /// Read when asked for.
-    Here(Box<LineReader>),
-    /// Read ahead on a blocking thread.
-    Ahead(mpsc::Receiver<Result<Streamed, SourceError>>),
-}
-
-/// What a reading thread sends: chunks, then where they end.
-enum Streamed {
-    Chunk(Chunk),
-    End(i64),
 }
 
 /// One file of the set and its place in the global byte order.
@@ -107,6 +88,8 @@ struct OpenSegment {
 /// whose records are spans of its buffer: each byte is copied once.
 struct LineReader {
     files: Files,
+    /// A chunk read to see whether there is anything to read, handed out first.
+    first: Option<Chunk>,
     segments: Vec<Segment>,
     next_segment: usize,
     open: Option<OpenSegment>,
@@ -140,7 +123,6 @@ impl FileSource {
                 max_bytes: context.max_bytes_per_epoch.max(1),
             },
             reading: None,
-            read_ahead: context.read_ahead,
         })
     }
 
@@ -163,36 +145,20 @@ impl FileSource {
         }
     }
 
-    /// Starts handing out what `reader` reads after `first`.
-    fn start_reading(&mut self, start: i64, mut reader: LineReader, first: Option<Chunk>) {
-        let lines = if self.read_ahead {
-            let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD);
-            // Ends when the epoch is read, or when it is abandoned (the
-            // receiver dropped).
-            tokio::task::spawn_blocking(move || {
-                loop {
-                    let read = match reader.next_chunk() {
-                        Ok(Some(chunk)) => Ok(Streamed::Chunk(chunk)),
-                        Ok(None) => Ok(Streamed::End(reader.position)),
-                        Err(error) => Err(error),
-                    };
-                    let last = !matches!(read, Ok(Streamed::Chunk(_)));
-                    if sender.blocking_send(read).is_err() || last {
-                        return;
-                    }
-                }
-            });
-            Lines::Ahead(receiver)
-        } else {
-            Lines::Here(Box::new(reader))
-        };
+    /// Starts handing out the chunks `reader` reads.
+    fn start_reading(&mut self, start: i64, reader: LineReader) {
         self.reading = Some(Reading {
             start,
-            first,
-            lines,
+            lines: Arc::new(Mutex::new(reader)),
             end: None,
         });
     }
+}
+
+/// The reader, whatever a thread that panicked holding it left: a panic
+/// fails the epoch, which is read again from its start.
+fn lock(lines: &Mutex<LineReader>) -> MutexGuard<'_, LineReader> {
+    lines.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Files {
@@ -245,6 +211,7 @@ impl Files {
         budget: EpochBudget,
     ) -> Result<LineReader, SourceError> {
         Ok(LineReader {
+            first: None,
             segments: self.segments()?,
             next_segment: 0,
             open: None,
@@ -261,9 +228,12 @@ impl Files {
     }
 }
 
-impl LineReader {
+impl ChunkFeed for LineReader {
     /// The next chunk of lines, `None` once the lines are read.
     fn next_chunk(&mut self) -> Result<Option<Chunk>, SourceError> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
+        }
         while !self.stopped {
             if let Some(full) = self.split_lines() {
                 return Ok(Some(full));
@@ -305,7 +275,9 @@ impl LineReader {
         self.chunk.buffer_mut().truncate(self.scanned);
         Ok((!self.chunk.is_empty()).then(|| std::mem::replace(&mut self.chunk, Chunk::new(0))))
     }
+}
 
+impl LineReader {
     fn spent(&self) -> bool {
         self.budget.is_spent(self.lines, self.position - self.start)
     }
@@ -411,7 +383,8 @@ impl Source for FileSource {
                 return Ok(Planned::Ranges(vec![self.range(start, start)]));
             }
         }
-        self.start_reading(start, reader, first);
+        reader.first = first;
+        self.start_reading(start, reader);
         Ok(Planned::Reading(vec![self.range(start, start)]))
     }
 
@@ -423,7 +396,7 @@ impl Source for FileSource {
                 let start = self.offset(&range.start)?;
                 let end = self.offset(&range.end)?;
                 let reader = self.files.lines(start, Some(end), EpochBudget::UNBOUNDED)?;
-                self.start_reading(start, reader, None);
+                self.start_reading(start, reader);
                 Ok(())
             }
             [_, extra, ..] => Err(SourceError::BadPosition {
@@ -438,34 +411,20 @@ impl Source for FileSource {
         let Some(reading) = &mut self.reading else {
             return Ok(None);
         };
-        if let Some(first) = reading.first.take() {
-            return Ok(Some(first));
-        }
         if reading.end.is_some() {
             return Ok(None);
         }
-        let read = match &mut reading.lines {
-            Lines::Here(reader) => match reader.next_chunk()? {
-                Some(chunk) => Streamed::Chunk(chunk),
-                None => Streamed::End(reader.position),
-            },
-            Lines::Ahead(receiver) => match receiver.recv().await {
-                Some(read) => read?,
-                None => {
-                    return Err(SourceError::Unavailable {
-                        source_kind: KIND,
-                        message: "the thread reading the epoch ended before its last line".into(),
-                    });
-                }
-            },
-        };
-        match read {
-            Streamed::Chunk(chunk) => Ok(Some(chunk)),
-            Streamed::End(end) => {
-                reading.end = Some(end);
-                Ok(None)
-            }
+        let mut lines = lock(&reading.lines);
+        let chunk = lines.next_chunk()?;
+        if chunk.is_none() {
+            reading.end = Some(lines.position);
         }
+        Ok(chunk)
+    }
+
+    fn feed(&self) -> Option<SharedFeed> {
+        let reading = self.reading.as_ref().filter(|r| r.end.is_none())?;
+        Some(Arc::clone(&reading.lines) as SharedFeed)
     }
 
     fn ranges_read(&self) -> Result<Vec<PartitionRange>, SourceError> {
@@ -490,17 +449,10 @@ mod tests {
     use super::*;
 
     fn source(path: &Path, max_lines: i64, follow: bool) -> FileSource {
-        source_within(path, max_lines, i64::MAX, follow, true)
+        source_within(path, max_lines, i64::MAX, follow)
     }
 
-    /// A file source; with `read_ahead`, epochs are read on a blocking thread.
-    fn source_within(
-        path: &Path,
-        max_lines: i64,
-        max_bytes: i64,
-        follow: bool,
-        read_ahead: bool,
-    ) -> FileSource {
+    fn source_within(path: &Path, max_lines: i64, max_bytes: i64, follow: bool) -> FileSource {
         let spec = FileSpec {
             path: path.display().to_string(),
             max_lines_per_trigger: Some(max_lines),
@@ -510,16 +462,17 @@ mod tests {
             replica: 0,
             replicas: 1,
             max_records_per_epoch: i64::MAX,
-            read_ahead,
             max_bytes_per_epoch: max_bytes,
         };
         FileSource::new(&spec, &context).unwrap()
     }
 
-    /// Plans one epoch after `committed` and reads it: (line, byte offset) pairs and the range.
+    /// Plans one epoch after `committed` and reads it on `threads`
+    /// threads: (line, byte offset) pairs and the range.
     async fn epoch(
         source: &mut FileSource,
         committed: &Positions,
+        threads: usize,
     ) -> Option<(Vec<(String, i64)>, PartitionRange)> {
         let ranges = match source.plan(committed).await.unwrap() {
             Planned::Exhausted => return None,
@@ -529,18 +482,43 @@ mod tests {
                 Some(ranges)
             }
         };
-        let lines = read_all(source).await;
+        let lines = read_all(source, threads).await;
         let ranges = ranges.unwrap_or_else(|| source.ranges_read().unwrap());
         Some((lines, ranges[0].clone()))
     }
 
-    async fn read_all(source: &mut FileSource) -> Vec<(String, i64)> {
+    /// The epoch's lines: with one thread from `next_chunk`, with more
+    /// taken from the feed by that many threads at once (as the engine's
+    /// workers take them), in the order of their offsets.
+    async fn read_all(source: &mut FileSource, threads: usize) -> Vec<(String, i64)> {
+        let lines_of = |chunk: Chunk| -> Vec<(String, i64)> {
+            chunk
+                .iter()
+                .map(|r| (String::from_utf8(r.payload.to_vec()).unwrap(), r.offset))
+                .collect()
+        };
         let mut lines = Vec::new();
+        if threads > 1
+            && let Some(feed) = source.feed()
+        {
+            let taken = Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        loop {
+                            let chunk = feed.lock().unwrap().next_chunk().unwrap();
+                            let Some(chunk) = chunk else { break };
+                            taken.lock().unwrap().push(lines_of(chunk));
+                        }
+                    });
+                }
+            });
+            let mut taken = taken.into_inner().unwrap();
+            taken.sort_by_key(|chunk| chunk.first().map(|(_, offset)| *offset));
+            lines.extend(taken.into_iter().flatten());
+        }
         while let Some(chunk) = source.next_chunk().await.unwrap() {
-            for record in chunk.iter() {
-                let text = String::from_utf8(record.payload.to_vec()).unwrap();
-                lines.push((text, record.offset));
-            }
+            lines.extend(lines_of(chunk));
         }
         lines
     }
@@ -567,21 +545,23 @@ mod tests {
         expected
     }
 
-    /// Reads every epoch of `source` from the start, replaying each range
-    /// on `replayer` as a restarted runner would: the lines of each epoch
-    /// (checked to be what the replay reads) and their ranges.
+    /// Reads every epoch of `source` from the start on `threads` threads,
+    /// replaying each range on `replayer` as a restarted runner would, on
+    /// one thread: the lines of each epoch (checked to be what the replay
+    /// reads) and their ranges.
     async fn all_epochs(
         source: &mut FileSource,
         replayer: &mut FileSource,
+        threads: usize,
     ) -> Vec<(Vec<(String, i64)>, PartitionRange)> {
         let mut committed = Positions::new();
         let mut epochs = Vec::new();
-        while let Some((lines, range)) = epoch(source, &committed).await {
+        while let Some((lines, range)) = epoch(source, &committed, threads).await {
             replayer
                 .start_epoch(std::slice::from_ref(&range))
                 .await
                 .unwrap();
-            let replayed = read_all(replayer).await;
+            let replayed = read_all(replayer, 1).await;
             assert!(
                 replayed == lines,
                 "the replay of {range:?} read other lines"
@@ -597,10 +577,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let expected = lines_file(&path);
-        for read_ahead in [false, true] {
-            let mut source = source_within(&path, 7_000, i64::MAX, false, read_ahead);
-            let mut replayer = source_within(&path, 1, i64::MAX, false, !read_ahead);
-            let epochs = all_epochs(&mut source, &mut replayer).await;
+        for threads in [1, 3] {
+            let mut planner = source(&path, 7_000, false);
+            let mut replayer = source(&path, 1, false);
+            let epochs = all_epochs(&mut planner, &mut replayer, threads).await;
             assert!(epochs.iter().all(|(lines, _)| lines.len() <= 7_000));
             let read: Vec<_> = epochs.into_iter().flat_map(|(lines, _)| lines).collect();
             assert_eq!(read.len(), expected.len());
@@ -631,41 +611,19 @@ mod tests {
             std::fs::write(files.join(name), part).unwrap();
         }
         let texts: Vec<&str> = expected.iter().map(|(line, _)| line.as_str()).collect();
-        for (max_lines, max_bytes) in [
-            (7_000, i64::MAX),
-            (12_345, 1 << 20),
-            (i64::MAX, 3 << 20),
-            (1, 5_000),
-        ] {
-            for read_ahead in [false, true] {
-                let mut source = source_within(&files, max_lines, max_bytes, false, read_ahead);
-                let mut replayer = source_within(&files, 1, i64::MAX, false, read_ahead);
-                let epochs = if max_lines == 1 {
-                    // One line an epoch: the first few are enough.
-                    let mut committed = Positions::new();
-                    let mut epochs = Vec::new();
-                    for _ in 0..3 {
-                        let (lines, range) = epoch(&mut source, &committed).await.unwrap();
-                        committed.insert(range.partition.clone(), range.end.clone());
-                        epochs.push((lines, range));
-                    }
-                    epochs
-                } else {
-                    all_epochs(&mut source, &mut replayer).await
-                };
+        for (max_lines, max_bytes) in [(7_000, i64::MAX), (12_345, 1 << 20), (i64::MAX, 3 << 20)] {
+            for threads in [1, 2] {
+                let mut planner = source_within(&files, max_lines, max_bytes, false);
+                let mut replayer = source(&files, 1, false);
+                let epochs = all_epochs(&mut planner, &mut replayer, threads).await;
                 let read: Vec<String> = epochs
                     .into_iter()
                     .flat_map(|(lines, _)| lines)
                     .map(|(line, _)| line)
                     .collect();
-                let case =
-                    format!("{max_lines} lines, {max_bytes} bytes, read ahead: {read_ahead}");
-                if max_lines == 1 {
-                    assert_eq!(read, texts[..3], "{case}");
-                } else {
-                    assert_eq!(read.len(), texts.len(), "{case}");
-                    assert!(read == texts, "{case}: other lines");
-                }
+                let case = format!("{max_lines} lines, {max_bytes} bytes, {threads} threads");
+                assert_eq!(read.len(), texts.len(), "{case}");
+                assert!(read == texts, "{case}: other lines");
             }
         }
     }
@@ -676,11 +634,11 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         let expected = lines_file(&path);
         let budget = 1 << 20;
-        let mut source = source_within(&path, i64::MAX, budget, false, true);
+        let mut source = source_within(&path, i64::MAX, budget, false);
         let mut committed = Positions::new();
         let mut read = Vec::new();
         let mut epochs = 0;
-        while let Some((lines, range)) = epoch(&mut source, &committed).await {
+        while let Some((lines, range)) = epoch(&mut source, &committed, 2).await {
             let (Position::Offset(start), Position::Offset(end)) = (&range.start, &range.end)
             else {
                 unreachable!("file positions are offsets")
@@ -702,10 +660,10 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         let expected = lines_file(&path);
         let mut planner = source(&path, 12_345, false);
-        let (planned, range) = epoch(&mut planner, &Positions::new()).await.unwrap();
+        let (planned, range) = epoch(&mut planner, &Positions::new(), 1).await.unwrap();
         let mut replayer = source(&path, 1, false);
         replayer.start_epoch(&[range]).await.unwrap();
-        let replayed = read_all(&mut replayer).await;
+        let replayed = read_all(&mut replayer, 2).await;
         assert_eq!(replayed.len(), 12_345);
         assert!(replayed == planned && planned[..] == expected[..12_345]);
     }
@@ -717,11 +675,11 @@ mod tests {
         let mut file = std::fs::File::create(&path).unwrap();
         file.write_all(b"{\"n\":1}\n{\"n\":").unwrap();
         let mut source = source(&path, 100, true);
-        let (lines, range) = epoch(&mut source, &Positions::new()).await.unwrap();
+        let (lines, range) = epoch(&mut source, &Positions::new(), 1).await.unwrap();
         assert_eq!(lines, vec![("{\"n\":1}".to_owned(), 0)]);
         file.write_all(b"2}\n").unwrap();
         let committed = Positions::from_iter([(range.partition, range.end)]);
-        let (lines, _) = epoch(&mut source, &committed).await.unwrap();
+        let (lines, _) = epoch(&mut source, &committed, 1).await.unwrap();
         assert_eq!(lines, vec![("{\"n\":2}".to_owned(), 8)]);
     }
 }

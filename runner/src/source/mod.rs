@@ -29,7 +29,11 @@ mod kafka;
 mod rest;
 mod unassigned;
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, Mutex},
+};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -161,9 +165,6 @@ pub struct SourceContext {
     /// Upper bound on the records one epoch reads across this replica's
     /// partitions (the source's own `maxOffsetsPerTrigger` when it has one wins).
     pub max_records_per_epoch: i64,
-    /// The engine has several threads: a source whose planning reads the
-    /// data (files) may read the next epoch while this one is processed.
-    pub read_ahead: bool,
     /// Upper bound on the bytes of the records one epoch reads across this
     /// replica's partitions (`spec.trigger.maxBytes`, else a share of the
     /// memory limit: see [`crate::memory`]). Sources that plan before
@@ -358,6 +359,16 @@ pub enum SourceError {
     NotBuilt(&'static str),
 }
 
+/// Chunks taken one at a time, in order, by whichever thread asks
+/// ([`Source::feed`]).
+pub trait ChunkFeed: Send {
+    /// The next chunk, `None` once the epoch's chunks are all taken.
+    fn next_chunk(&mut self) -> Result<Option<Chunk>, SourceError>;
+}
+
+/// A [`ChunkFeed`] shared by the threads that take from it.
+pub type SharedFeed = Arc<Mutex<dyn ChunkFeed>>;
+
 /// A stream of records read epoch by epoch. See the module docs for the protocol.
 #[async_trait]
 pub trait Source: Send {
@@ -379,6 +390,16 @@ pub trait Source: Send {
     /// The next chunk of the epoch started by [`Source::start_epoch`], or `None`
     /// once every range has been read to its end.
     async fn next_chunk(&mut self) -> Result<Option<Chunk>, SourceError>;
+
+    /// The rest of the epoch's chunks as a feed the engine's worker threads
+    /// take chunks from themselves, each reading the chunk it then
+    /// processes, while it is in its core's cache: for sources that read
+    /// synchronously and cheaply beside processing (files). `None` (the
+    /// default): chunks come from [`Source::next_chunk`], which also
+    /// returns `None` once a feed is empty.
+    fn feed(&self) -> Option<SharedFeed> {
+        None
+    }
 
     /// The ranges of an epoch planned as [`Planned::Reading`], once it has
     /// been read to its end.

@@ -63,7 +63,6 @@ fn context(max_records_per_epoch: i64) -> SourceContext {
         replica: 0,
         replicas: 1,
         max_records_per_epoch,
-        read_ahead: false,
         max_bytes_per_epoch: i64::MAX,
     }
 }

@@ -347,7 +347,6 @@ mod tests {
             replica,
             replicas,
             max_records_per_epoch: i64::MAX,
-            read_ahead: false,
             max_bytes_per_epoch: max_bytes,
         };
         KafkaSource::connect(&connection, topics, &context).unwrap()
