@@ -23,8 +23,8 @@
 //!   compared (bench/spark/run.sh).
 //!
 //! The file is read chunk by chunk while the epoch is processed: with 2 or
-//! more worker threads a blocking thread reads a few chunks ahead and the
-//! workers process them; with 1 the pipeline loop reads a chunk and
+//! more worker threads each worker reads the chunk it processes next (the
+//! file source's feed); with 1 the pipeline loop reads a chunk and
 //! processes it itself. Each epoch's Delta commit and checkpoint run on the
 //! tokio runtime while the next epoch is read and processed.
 
