@@ -586,16 +586,17 @@ impl Pipeline {
                 break;
             }
             let started = Instant::now();
-            let (ranges, reading) = match self.source.plan(&self.positions).await? {
+            let (ranges, planning) = match self.source.plan(&self.positions).await? {
                 Planned::Exhausted => {
                     self.summary.exhausted = true;
                     break;
                 }
-                Planned::Ranges(ranges) => (ranges, false),
-                Planned::Reading(ranges) => (ranges, true),
+                Planned::Ranges(ranges) => (ranges, Planning::Written),
+                Planned::Reading(ranges) => (ranges, Planning::WhileReading),
             };
             let idle = self.idle_partitions(&ranges);
-            let has_data = reading || ranges.iter().any(|r| !r.is_empty());
+            let has_data =
+                planning == Planning::WhileReading || ranges.iter().any(|r| !r.is_empty());
             if has_data || self.idle_changed(&idle) {
                 let epoch = self.last_epoch.map_or(0, |e| e + 1);
                 let plan = EpochPlan {
@@ -609,15 +610,10 @@ impl Pipeline {
                 // (one committing, one being processed).
                 self.finish_pruning().await;
                 let checkpoint = self.last_checkpoint_at.elapsed() >= self.checkpoint_interval;
-                let planned = if reading {
-                    Planning::WhileReading
-                } else {
-                    Planning::Written
-                };
-                if planned == Planning::Written {
+                if planning == Planning::Written {
                     self.write_plan(&plan).await?;
                 }
-                self.run_epoch(plan, planned, checkpoint).await?;
+                self.run_epoch(plan, planning, checkpoint).await?;
             } else if self.last_checkpoint_at.elapsed() >= self.checkpoint_interval {
                 // Caught up: checkpoint the epochs read since the last
                 // checkpoint (if any), so that the consumer group (and every

@@ -85,14 +85,10 @@ impl Draining<'_> {
     /// Takes chunks and processes them until the feed is empty (or failed).
     fn take_and_process(&self) {
         while !self.stop.load(Ordering::Relaxed) {
-            // The index is taken with the chunk, so indices follow the
-            // order the chunks were read in.
-            let taken = match self
-                .feed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .next_chunk()
-            {
+            // The index is taken while the feed is held, so indices follow
+            // the order the chunks were read in.
+            let mut feed = self.feed.lock().unwrap_or_else(PoisonError::into_inner);
+            let (index, chunk) = match feed.next_chunk() {
                 Ok(Some(chunk)) => (self.taken.fetch_add(1, Ordering::Relaxed), chunk),
                 Ok(None) => return,
                 Err(error) => {
@@ -101,7 +97,7 @@ impl Draining<'_> {
                     return;
                 }
             };
-            let (index, chunk) = taken;
+            drop(feed);
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 self.stage
                     .process(self.epoch, &chunk, &mut DedupMemory::default())

@@ -305,15 +305,16 @@ impl LineReader {
             self.position += consumed as i64;
             self.scanned += consumed;
             if self.chunk.len() >= CHUNK_LINES {
-                return Some(self.take_chunk(self.scanned));
+                return Some(self.take_full_chunk());
             }
         }
         None
     }
 
-    /// The chunk filled so far; the bytes after `split` (a line not read
-    /// to its end) start the next one, which will likely be as long.
-    fn take_chunk(&mut self, split: usize) -> Chunk {
+    /// The chunk filled so far; the bytes not split into lines yet (a line
+    /// not read to its end) start the next one, which will likely be as long.
+    fn take_full_chunk(&mut self) -> Chunk {
+        let split = self.scanned;
         let mut next =
             self.files
                 .buffers
